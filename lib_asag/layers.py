@@ -1,0 +1,185 @@
+"""Which self-attention layers ASAG perturbs: names, the grammar users type, presets per family.
+
+A layer is one `attn1` of a `BasicTransformerBlock` in the SD UNet (ldm, sgm, ldm_patched and
+Forge's backend all share the module layout). Users name them as
+
+    middle            every transformer block of the middle block
+    middle.0          transformer block 0 of the middle block
+    input.7           every transformer block of input block 7
+    output.0-2        output blocks 0, 1 and 2 (only those that have self-attention)
+    input.7.1         input block 7, transformer block 1
+    all               everything
+
+comma (or semicolon) separated; `in`/`down`, `mid`, `out`/`up` are accepted as aliases. A full module
+path such as `output_blocks.3.1.transformer_blocks.0.attn1` works too.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import torch
+
+BLOCKS = ("input", "middle", "output")
+_ALIASES = {"input": "input", "in": "input", "down": "input", "middle": "middle", "mid": "middle",
+            "output": "output", "out": "output", "up": "output"}
+_MODULE_RE = re.compile(r"(?:^|\.)(?:(input|output)_blocks\.(\d+)|(middle)_block)\.\d+\.transformer_blocks\.(\d+)\.attn1$")
+_RANGE = r"(\d+)(?:-(\d+))?"
+_TOKEN_RE = re.compile(rf"^([a-z]+)(?:\.{_RANGE}(?:\.{_RANGE})?)?$")
+
+PRESETS: dict[str, dict[str, str]] = {
+    # SD1.x/SD2.x middle block: one transformer block, the PAG/SEG choice (docs/method.md).
+    "sd1": {"middle": "middle", "middle + output.3-5": "middle, output.3-5", "all": "all"},
+    "sd2": {"middle": "middle", "middle + output.3-5": "middle, output.3-5", "all": "all"},
+    # SDXL middle block: ten transformer blocks at the lowest resolution.
+    "sdxl": {"middle": "middle", "middle + output.0": "middle, output.0", "all": "all"},
+}
+DEFAULT_PRESET = "middle"
+
+
+class LayerSpecError(ValueError):
+    """A layer name the user typed does not parse or does not exist in the loaded model."""
+
+
+@dataclass(frozen=True, order=True)
+class LayerRef:
+    """One self-attention layer: block kind, block number (0 for middle), transformer index."""
+
+    block: str
+    block_id: int
+    index: int
+
+    def __post_init__(self) -> None:
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
+
+    @property
+    def module_path(self) -> str:
+        """Path of the attn1 module under `model.diffusion_model`."""
+        parent = "middle_block" if self.block == "middle" else f"{self.block}_blocks.{self.block_id}"
+        return f"{parent}.1.transformer_blocks.{self.index}.attn1"
+
+    @property
+    def patch_key(self) -> tuple[str, int, int]:
+        """Key of Forge's attn1 replace patches: (block name, block number, transformer index)."""
+        return (self.block, self.block_id, self.index)
+
+    def __str__(self) -> str:
+        return f"middle.{self.index}" if self.block == "middle" else f"{self.block}.{self.block_id}.{self.index}"
+
+
+def layer_from_module_name(name: str) -> LayerRef | None:
+    """The LayerRef of a module name from `named_modules()`, or None if it is no UNet attn1."""
+    match = _MODULE_RE.search(name)
+    if match is None:
+        return None
+    io_block, block_id, middle, index = match.groups()
+    return LayerRef(middle or io_block, 0 if middle else int(block_id), int(index))
+
+
+def layers_from_module_names(names: Iterable[str]) -> list[LayerRef]:
+    return sorted({ref for ref in map(layer_from_module_name, names) if ref is not None})
+
+
+def find_self_attention(diffusion_model: torch.nn.Module) -> dict[LayerRef, torch.nn.Module]:
+    """Every UNet self-attention module of a model, keyed by LayerRef."""
+    found = {}
+    for name, module in diffusion_model.named_modules():
+        ref = layer_from_module_name(name)
+        if ref is not None:
+            found[ref] = module
+    return dict(sorted(found.items()))
+
+
+def _span(first: str | None, last: str | None) -> range | None:
+    if first is None:
+        return None
+    lo, hi = int(first), int(last if last is not None else first)
+    if hi < lo:
+        raise LayerSpecError(f"range {lo}-{hi} is backwards")
+    return range(lo, hi + 1)
+
+
+def _matcher(token: str):
+    """A predicate over LayerRef for one token of the grammar."""
+    module_ref = layer_from_module_name(token)
+    if module_ref is not None:
+        return lambda ref: ref == module_ref
+    if token == "all":
+        return lambda ref: True
+    match = _TOKEN_RE.match(token)
+    if match is None or match.group(1) not in _ALIASES:
+        raise LayerSpecError(f"cannot read ASAG layer {token!r}; write e.g. 'middle', 'input.7', "
+                             "'output.0-2', 'input.7.1' or 'all'")
+    block = _ALIASES[match.group(1)]
+    first, second = _span(match.group(2), match.group(3)), _span(match.group(4), match.group(5))
+    if block == "middle":
+        if second is not None:
+            raise LayerSpecError(f"{token!r}: the middle block takes one number, its transformer index")
+        return lambda ref: ref.block == "middle" and (first is None or ref.index in first)
+    return lambda ref: (ref.block == block and (first is None or ref.block_id in first)
+                        and (second is None or ref.index in second))
+
+
+def split_spec(spec: str) -> list[str]:
+    return [t.strip().lower() for t in re.split(r"[,;\n]", spec) if t.strip()]
+
+
+def check_spec(spec: str) -> list[str]:
+    """Syntax errors of a layer spec, without a model (for parameter validation)."""
+    errors = []
+    for token in split_spec(spec):
+        try:
+            _matcher(token)
+        except LayerSpecError as e:
+            errors.append(str(e))
+    return errors
+
+
+def format_layers(refs: Iterable[LayerRef]) -> str:
+    """A compact human summary, e.g. 'input.1-2,4-5; middle; output.3-11'."""
+    groups: dict[str, list[int]] = {}
+    for ref in sorted(set(refs)):
+        ids = groups.setdefault(ref.block, [])
+        if not ids or ids[-1] != ref.block_id:
+            ids.append(ref.block_id)
+    parts = []
+    for block, ids in groups.items():
+        if block == "middle":
+            parts.append("middle")
+            continue
+        runs, start = [], ids[0]
+        for prev, cur in zip(ids, ids[1:] + [None]):
+            if cur is None or cur != prev + 1:
+                runs.append(f"{start}" if start == prev else f"{start}-{prev}")
+                start = cur
+        parts.append(f"{block}.{','.join(runs)}")
+    return "; ".join(parts) or "none"
+
+
+def resolve_layers(spec: str, available: Iterable[LayerRef]) -> list[LayerRef]:
+    """The layers of `available` named by `spec`; every token must name at least one of them."""
+    available = sorted(set(available))
+    tokens = split_spec(spec)
+    if not tokens:
+        raise LayerSpecError("no ASAG layers given")
+    chosen: set[LayerRef] = set()
+    for token in tokens:
+        hits = [ref for ref in available if _matcher(token)(ref)]
+        if not hits:
+            raise LayerSpecError(f"ASAG layer {token!r} does not exist in this model; it has self-attention "
+                                 f"in: {format_layers(available)}")
+        chosen.update(hits)
+    return sorted(chosen)
+
+
+def is_preset(name: str) -> bool:
+    return any(name.strip() in presets for presets in PRESETS.values())
+
+
+def preset_spec(family: str, name_or_spec: str) -> str:
+    """Expand a preset name of `family` (empty = the default preset); anything else is a spec."""
+    presets: Mapping[str, str] = PRESETS.get(family, PRESETS["sd1"])
+    key = name_or_spec.strip() or DEFAULT_PRESET
+    return presets.get(key, key)

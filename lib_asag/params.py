@@ -1,0 +1,168 @@
+"""Every user setting of ASAG, its validation, defaults, and its text forms (API args, infotext).
+
+Validation returns messages instead of raising: a bad value must never break a generation, it only
+turns ASAG off for that generation with a clear line in the console and the UI.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping, Sequence
+
+from .guidance import ADAPTIVE_MODES
+from .layers import check_spec, is_preset, preset_spec
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+HIRES_MODES = ("same", "off")
+LIMITS = {"scale": (0.0, 30.0), "iterations": (0, 50), "epsilon": (1e-3, 1e3), "start": (0.0, 1.0),
+          "end": (0.0, 1.0), "rescale": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class ASAGParams:
+    """User settings; field order is the positional API order (ARG_ORDER)."""
+
+    enabled: bool = False
+    scale: float = 3.0          # s in D_c + s (D_c - D_asag)
+    layers: str = ""            # layer spec or preset name; "" = the model family's default preset
+    iterations: int = 3         # Sinkhorn iterations T (row+column normalisations), then a row step
+    epsilon: float = 1.0        # temperature of the adversarial kernel exp(-S / epsilon)
+    start: float = 0.0          # active from this fraction of the steps...
+    end: float = 1.0            # ...up to (excluding) this fraction
+    adaptive: str = "constant"  # scale schedule over the active range: constant, linear, cosine
+    rescale: float = 0.0        # std-rescale blend (0 = off) applied after adding the ASAG term
+    hires: str = "same"         # hires-fix second pass: "same" settings, or "off"
+
+    def validate(self) -> list[str]:
+        """Human-readable problems with these values; empty when they are usable."""
+        errors = []
+        for name, (lo, hi) in LIMITS.items():
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                errors.append(f"ASAG {name} must be a finite number, got {value!r}")
+            elif not lo <= value <= hi:
+                errors.append(f"ASAG {name} must be between {lo:g} and {hi:g}, got {value:g}")
+        if isinstance(self.iterations, float) and not self.iterations.is_integer():
+            errors.append(f"ASAG iterations must be a whole number, got {self.iterations!r}")
+        if not errors and self.start >= self.end:
+            errors.append(f"ASAG start ({self.start:g}) must be before end ({self.end:g})")
+        if self.adaptive not in ADAPTIVE_MODES:
+            errors.append(f"ASAG adaptive must be one of {', '.join(ADAPTIVE_MODES)}, got {self.adaptive!r}")
+        if self.hires not in HIRES_MODES:
+            errors.append(f"ASAG hires must be one of {', '.join(HIRES_MODES)}, got {self.hires!r}")
+        if not isinstance(self.layers, str):
+            errors.append(f"ASAG layers must be text, got {self.layers!r}")
+        else:
+            errors.extend(check_spec(self.layers) if not is_preset(self.layers) else [])
+        return errors
+
+    def layer_spec(self, family: str) -> str:
+        """The layer spec to resolve against the model: presets expanded for `family`."""
+        return preset_spec(family, self.layers)
+
+
+ARG_ORDER: tuple[str, ...] = tuple(f.name for f in fields(ASAGParams))
+DEFAULTS = ASAGParams()
+
+
+def defaults_for(family: str) -> ASAGParams:
+    """Defaults for a model family; numbers are shared, the layer preset is the family's."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; ASAG supports {', '.join(FAMILIES)}")
+    return DEFAULTS
+
+
+_TRUE = {"true", "1", "yes", "on", "enabled", "enable"}
+_FALSE = {"false", "0", "no", "off", "disabled", "disable", ""}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert API/infotext values to the field's type; raises ValueError with a clear message."""
+    kind = type(getattr(DEFAULTS, name))
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"ASAG {name} must be true or false, got {value!r}")
+    if kind is int:
+        number = float(value) if not isinstance(value, bool) else math.nan
+        if not number.is_integer():
+            raise ValueError(f"ASAG {name} must be a whole number, got {value!r}")
+        return int(number)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"ASAG {name} must be a number, got {value!r}")
+        return float(value)
+    if value is None:
+        return ""
+    return str(value).strip()
+
+
+def from_values(values: Mapping[str, Any]) -> tuple[ASAGParams | None, list[str]]:
+    """Build validated params from field name -> value; missing fields take the defaults."""
+    unknown = sorted(set(values) - set(ARG_ORDER))
+    if unknown:
+        return None, [f"unknown ASAG argument(s) {', '.join(map(repr, unknown))}; known: {', '.join(ARG_ORDER)}"]
+    converted, errors = {}, []
+    for name, value in values.items():
+        try:
+            converted[name] = _coerce(name, value)
+        except (TypeError, ValueError) as e:
+            errors.append(str(e) if "ASAG" in str(e) else f"ASAG {name}: cannot use {value!r}")
+    if errors:
+        return None, errors
+    params = replace(DEFAULTS, **converted)
+    errors = params.validate()
+    return (None, errors) if errors else (params, [])
+
+
+def from_script_args(args: Sequence[Any] | Mapping[str, Any] | None) -> tuple[ASAGParams | None, list[str]]:
+    """Params from the script's args as the WebUI or the API passes them.
+
+    Accepts the full positional list (ARG_ORDER), a shorter prefix (`[true]`, `[true, 2.5]`; the rest
+    defaults), a dict of named fields, or a list holding one such dict. Returns (None, messages) when
+    the args cannot be used; the caller then generates without ASAG."""
+    if args is None:
+        return None, []
+    if isinstance(args, Mapping):
+        return from_values(args)
+    args = list(args)
+    if len(args) == 1 and isinstance(args[0], Mapping):
+        return from_values(args[0])
+    if len(args) > len(ARG_ORDER):
+        return None, [f"ASAG takes at most {len(ARG_ORDER)} args ({', '.join(ARG_ORDER)}), got {len(args)}"]
+    return from_values(dict(zip(ARG_ORDER, args)))
+
+
+INFOTEXT_KEYS: dict[str, str] = {name: f"ASAG {name}" for name in ARG_ORDER if name != "enabled"}
+
+
+def to_infotext(params: ASAGParams) -> dict[str, Any]:
+    """Infotext entries: the scale always (it marks ASAG as on), other fields when not default."""
+    out: dict[str, Any] = {INFOTEXT_KEYS["scale"]: params.scale}
+    for name, key in INFOTEXT_KEYS.items():
+        value = getattr(params, name)
+        if name != "scale" and value != getattr(DEFAULTS, name):
+            out[key] = value
+    return out
+
+
+def from_infotext(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Field values read back from parsed infotext (paste-back); unreadable values are skipped.
+
+    `enabled` is True exactly when the infotext carries 'ASAG scale'."""
+    values: dict[str, Any] = {"enabled": INFOTEXT_KEYS["scale"] in info}
+    for name, key in INFOTEXT_KEYS.items():
+        if key in info:
+            try:
+                values[name] = _coerce(name, info[key])
+            except (TypeError, ValueError):
+                continue
+    return values
+
+
+def as_dict(params: ASAGParams) -> dict[str, Any]:
+    return asdict(params)

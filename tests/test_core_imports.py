@@ -1,0 +1,39 @@
+"""The core imports, and the host adapters load, with no WebUI and no gradio importable."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_SCRIPT = textwrap.dedent("""
+    import importlib, pkgutil, sys
+    BLOCKED = {"modules", "modules_forge", "ldm", "sgm", "ldm_patched", "backend", "gradio", "k_diffusion"}
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"blocked: {name}")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    sys.path.insert(0, sys.argv[1])
+    import lib_asag
+    names = [m.name for m in pkgutil.iter_modules(lib_asag.__path__)]
+    for name in names:
+        importlib.import_module(f"lib_asag.{name}")
+    from lib_asag.hosts import detect_host, get_adapter
+    assert detect_host() is None and get_adapter() is None
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    assert not leaked, leaked
+    print(",".join(sorted(names)))
+""")
+
+
+def test_every_lib_asag_module_imports_without_a_webui():
+    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(ROOT)], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    imported = set(out.stdout.strip().split(","))
+    assert {"sinkhorn", "guidance", "params", "layers", "hosts"} <= imported

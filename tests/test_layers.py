@@ -1,0 +1,104 @@
+"""Layer grammar and resolution against the real SD1.x / SDXL module layouts."""
+from __future__ import annotations
+
+import pytest
+
+from lib_asag.layers import (LayerRef, LayerSpecError, find_self_attention, format_layers, layer_from_module_name,
+                             layers_from_module_names, preset_spec, resolve_layers)
+from unet_layouts import SD1_LAYOUT, SDXL_LAYOUT, skeleton
+
+
+@pytest.fixture(scope="module")
+def sd1():
+    return list(find_self_attention(skeleton(SD1_LAYOUT)))
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    return list(find_self_attention(skeleton(SDXL_LAYOUT)))
+
+
+def test_found_layers_match_layouts(sd1, sdxl):
+    assert len(sd1) == 16  # 6 input + 1 middle + 9 output transformer blocks
+    assert len(sdxl) == 2 * 2 + 2 * 10 + 10 + 3 * 10 + 3 * 2
+    assert LayerRef("middle", 0, 0) in sd1 and LayerRef("middle", 0, 9) in sdxl
+
+
+def test_module_path_round_trips(sdxl):
+    model = skeleton(SDXL_LAYOUT)
+    names = dict(model.named_modules())
+    for ref in sdxl:
+        assert ref.module_path in names
+        assert layer_from_module_name(ref.module_path) == ref
+        assert layer_from_module_name("model.diffusion_model." + ref.module_path) == ref
+
+
+def test_attn2_and_other_modules_are_ignored():
+    assert layer_from_module_name("input_blocks.1.1.transformer_blocks.0.attn2") is None
+    assert layer_from_module_name("input_blocks.1.1.transformer_blocks.0.attn1.to_q") is None
+    assert layers_from_module_names(["middle_block.1.transformer_blocks.0.attn1", "x.attn1"]) == [
+        LayerRef("middle", 0, 0)]
+
+
+def test_patch_keys_and_names():
+    ref = LayerRef("output", 2, 7)
+    assert ref.patch_key == ("output", 2, 7)
+    assert str(ref) == "output.2.7"
+    assert str(LayerRef("middle", 0, 3)) == "middle.3"
+    with pytest.raises(ValueError):
+        LayerRef("upper", 0, 0)
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("middle", ["middle.0"]),
+    ("mid", ["middle.0"]),
+    ("input.7", ["input.7.0"]),
+    ("output.3-5", ["output.3.0", "output.4.0", "output.5.0"]),
+    ("output.0-4", ["output.3.0", "output.4.0"]),  # 0-2 have no self-attention in SD1.x
+    ("input.1, middle ;output.11", ["input.1.0", "middle.0", "output.11.0"]),
+    ("input_blocks.8.1.transformer_blocks.0.attn1", ["input.8.0"]),
+    ("MIDDLE, middle", ["middle.0"]),
+])
+def test_resolve_sd1(sd1, spec, expected):
+    assert [str(r) for r in resolve_layers(spec, sd1)] == expected
+
+
+def test_resolve_sdxl_transformer_ranges(sdxl):
+    assert [str(r) for r in resolve_layers("middle.2-4", sdxl)] == ["middle.2", "middle.3", "middle.4"]
+    assert [str(r) for r in resolve_layers("input.7.9", sdxl)] == ["input.7.9"]
+    assert len(resolve_layers("middle", sdxl)) == 10
+    assert len(resolve_layers("all", sdxl)) == len(sdxl)
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ("input.3", "does not exist"),       # SD1.x input block 3 is a downsample
+    ("output.12", "does not exist"),
+    ("middle.1", "does not exist"),
+    ("center", "cannot read"),
+    ("input.7.x", "cannot read"),
+    ("output.5-3", "backwards"),
+    ("middle.0.1", "one number"),
+    ("", "no ASAG layers"),
+])
+def test_bad_specs_have_clear_messages(sd1, spec, fragment):
+    with pytest.raises(LayerSpecError, match=fragment):
+        resolve_layers(spec, sd1)
+
+
+def test_unknown_layer_message_lists_what_exists(sd1):
+    with pytest.raises(LayerSpecError) as err:
+        resolve_layers("input.3", sd1)
+    assert "input.1-2,4-5,7-8; middle; output.3-11" in str(err.value)
+
+
+def test_format_layers_sdxl(sdxl):
+    assert format_layers(sdxl) == "input.4-5,7-8; middle; output.0-5"
+
+
+def test_presets_resolve_in_their_family(sd1, sdxl):
+    from lib_asag.layers import PRESETS
+    for family, layers in (("sd1", sd1), ("sd2", sd1), ("sdxl", sdxl)):
+        for name in PRESETS[family]:
+            assert resolve_layers(preset_spec(family, name), layers)
+    assert preset_spec("sdxl", "") == "middle"
+    assert preset_spec("sd1", "input.7") == "input.7"

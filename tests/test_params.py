@@ -1,0 +1,90 @@
+"""Parameters: validation messages, API argument forms, infotext round-trip."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lib_asag.params import (ARG_ORDER, DEFAULTS, FAMILIES, INFOTEXT_KEYS, ASAGParams, defaults_for, from_infotext,
+                             from_script_args, to_infotext)
+
+BAD_VALUES = [
+    {"scale": math.nan}, {"scale": math.inf}, {"scale": -1}, {"scale": "strong"}, {"scale": True},
+    {"iterations": 2.5}, {"iterations": -1}, {"iterations": 1000}, {"iterations": "many"},
+    {"epsilon": 0}, {"epsilon": -0.5}, {"epsilon": math.nan},
+    {"start": 0.8, "end": 0.2}, {"start": 1.5}, {"end": -0.1},
+    {"adaptive": "exponential"}, {"hires": "twice"}, {"rescale": 2},
+    {"layers": "input.7.x"}, {"layers": "center"}, {"enabled": "perhaps"},
+]
+
+
+@pytest.mark.parametrize("values", BAD_VALUES)
+def test_every_bad_value_gives_a_message_not_an_exception(values):
+    params, messages = from_script_args(values)
+    assert params is None
+    assert messages and all(isinstance(m, str) and "ASAG" in m for m in messages)
+
+
+def test_validate_never_raises_on_wrong_types():
+    weird = ASAGParams(scale=None, iterations=object(), epsilon="x", layers=5)  # type: ignore[arg-type]
+    assert len(weird.validate()) >= 4
+
+
+def test_defaults_are_valid_per_family():
+    for family in FAMILIES:
+        assert defaults_for(family).validate() == []
+    with pytest.raises(ValueError, match="flux"):
+        defaults_for("flux")
+
+
+def test_positional_full_and_short_lists():
+    full = [True, 2.0, "input.7, middle", 4, 0.5, 0.1, 0.9, "linear", 0.3, "off"]
+    assert len(full) == len(ARG_ORDER)
+    params, messages = from_script_args(full)
+    assert messages == [] and params == ASAGParams(*full)
+    assert from_script_args([True]) == (ASAGParams(enabled=True), [])
+    assert from_script_args([True, 5]) == (ASAGParams(enabled=True, scale=5.0), [])
+    assert from_script_args([]) == (DEFAULTS, [])
+
+
+def test_dict_forms_and_string_values():
+    params, _ = from_script_args({"enabled": "true", "scale": "1.5", "iterations": "2"})
+    assert params == ASAGParams(enabled=True, scale=1.5, iterations=2)
+    assert from_script_args([{"enabled": True, "epsilon": 0.2}])[0] == ASAGParams(enabled=True, epsilon=0.2)
+
+
+def test_wrong_arg_count_and_unknown_keys():
+    params, messages = from_script_args([True] * (len(ARG_ORDER) + 1))
+    assert params is None and "at most" in messages[0]
+    params, messages = from_script_args({"enabled": True, "scael": 2})
+    assert params is None and "scael" in messages[0]
+
+
+def test_infotext_writes_scale_and_non_defaults_only():
+    info = to_infotext(ASAGParams(enabled=True, scale=2.0, iterations=5))
+    assert info == {"ASAG scale": 2.0, "ASAG iterations": 5}
+    assert set(INFOTEXT_KEYS.values()) >= set(info)
+    assert all(k.startswith("ASAG ") for k in INFOTEXT_KEYS.values())
+
+
+def test_infotext_absent_means_disabled():
+    assert from_infotext({"Steps": "20"}) == {"enabled": False}
+
+
+_floats = lambda lo, hi: st.floats(lo, hi, allow_nan=False).map(lambda x: round(x, 4))  # noqa: E731
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(scale=_floats(0, 30), iterations=st.integers(0, 50), epsilon=_floats(0.001, 1000),
+       start=_floats(0, 0.49), end=_floats(0.5, 1), adaptive=st.sampled_from(["constant", "linear", "cosine"]),
+       rescale=_floats(0, 1), hires=st.sampled_from(["same", "off"]),
+       layers=st.sampled_from(["", "middle", "input.7, output.0-2", "middle + output.0", "all"]))
+def test_infotext_round_trip_through_text(scale, iterations, epsilon, start, end, adaptive, rescale, hires, layers):
+    """Written as the WebUI writes infotext (str of each value) and read back: the same params."""
+    params = ASAGParams(True, scale, layers, iterations, epsilon, start, end, adaptive, rescale, hires)
+    assert params.validate() == []
+    text = {k: str(v) for k, v in to_infotext(params).items()}
+    restored, messages = from_script_args(from_infotext(text))
+    assert messages == [] and restored == params
