@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import ot
@@ -14,7 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lib_asag import sinkhorn
 from lib_asag.sinkhorn import adversarial_sinkhorn_attention, sinkhorn_plan
+from tensor_memory import PeakTensorMemory
 
 
 def _pot_plan(scores: torch.Tensor, epsilon: float) -> np.ndarray:
@@ -179,38 +177,47 @@ def test_chunked_equals_unchunked():
     torch.testing.assert_close(mid, whole, atol=0, rtol=0)
 
 
-_PEAK_SCRIPT = textwrap.dedent("""
-    import sys, torch
-    sys.path.insert(0, sys.argv[1])
-    from lib_asag.sinkhorn import adversarial_sinkhorn_attention
-
-    def status_kb(key):
-        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
-
-    torch.set_num_threads(1)
-    q = torch.randn(1, 1024, 16 * 8)
-    adversarial_sinkhorn_attention(q[:, :8], q[:, :8], q[:, :8], heads=16, iterations=1, epsilon=1.0)  # warm up
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the resident high-water mark (Linux >= 4.0)
-    before = status_kb("VmRSS:")
-    adversarial_sinkhorn_attention(q, q, q, heads=16, iterations=2, epsilon=1.0, chunk_mb=float(sys.argv[2]))
-    print((status_kb("VmHWM:") - before) / 1024)
-""")
+def test_peak_probe_counts_live_tensors():
+    """The probe itself: two 4 MiB tensors alive at once, then one freed before a third."""
+    with PeakTensorMemory() as probe:
+        a = torch.zeros(2**20)
+        b = torch.zeros(2**20)
+        view = a[::2]  # a view adds no storage
+        del a, b
+        c = torch.ones(2**20)
+        del c
+    assert probe.peak_mb == 8.0, probe.peak_mb
+    assert probe.now == view.untyped_storage().nbytes()
 
 
-def _peak_mb(chunk_mb: float) -> float:
-    """Peak resident memory added by one call, measured by the kernel in a fresh process."""
-    root = str(Path(__file__).resolve().parents[1])
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, root, str(chunk_mb)], capture_output=True,
-                         text=True)
-    if out.returncode:
-        pytest.skip(f"cannot measure peak RSS here: {out.stderr.strip().splitlines()[-1]}")
-    return float(out.stdout.strip())
+def _peak_mb(monkeypatch, chunk_mb: float, cpu_cap: float) -> float:
+    """Peak tensor memory of one call at N = 1024 x 16 heads (one N x N fp32 matrix = 4 MiB)."""
+    monkeypatch.setattr(sinkhorn, "_CPU_CHUNK_MB", cpu_cap)
+    q = torch.randn(1, 1024, 16 * 8, generator=torch.Generator().manual_seed(0))
+    with PeakTensorMemory() as probe:
+        adversarial_sinkhorn_attention(q, q, q, heads=16, iterations=2, epsilon=1.0, chunk_mb=chunk_mb)
+    return probe.peak_mb
 
 
-def test_chunked_peak_memory_is_bounded():
-    """16 heads x 1024^2 fp32 x 2 matrices = 128 MiB unchunked; a 16 MiB budget must stay near it."""
-    unbounded = _peak_mb(1e6)
-    bounded = _peak_mb(16.0)
-    assert unbounded > 100, unbounded
-    assert bounded < 16 + 12, bounded  # budget + slack for the output and small temporaries
+_SMALL_TENSORS_MB = 2.0  # float32 copies of q, k, v and the output (0.5 MiB each) plus vectors
+
+
+def test_chunked_peak_memory_is_bounded(monkeypatch):
+    unbounded = _peak_mb(monkeypatch, 1e6, cpu_cap=1e6)
+    assert unbounded > 16 * 4, unbounded  # control: all 16 kernel matrices alive at once
+    for budget in (16.0, 4.0):
+        bounded = _peak_mb(monkeypatch, budget, cpu_cap=1e6)
+        assert bounded < budget + _SMALL_TENSORS_MB, (budget, bounded)
+    below_budget = _peak_mb(monkeypatch, 1e-3, cpu_cap=1e6)
+    assert below_budget < 4 + _SMALL_TENSORS_MB, below_budget  # one item per chunk at least
+    default_cpu = _peak_mb(monkeypatch, sinkhorn.DEFAULT_CHUNK_MB, cpu_cap=sinkhorn._CPU_CHUNK_MB)
+    assert default_cpu < sinkhorn._CPU_CHUNK_MB + _SMALL_TENSORS_MB, default_cpu
+
+
+def test_log_domain_fallback_peak_memory_is_bounded(monkeypatch):
+    """Items the scaling path cannot represent are redone with two N x N matrices each, still in budget."""
+    monkeypatch.setattr(sinkhorn, "_MAX_SCALING", -1.0)  # send every item to the log-domain path
+    unbounded = _peak_mb(monkeypatch, 1e6, cpu_cap=1e6)
+    assert unbounded > 16 * 4 * 2, unbounded
+    bounded = _peak_mb(monkeypatch, 16.0, cpu_cap=1e6)
+    assert bounded < 16 + _SMALL_TENSORS_MB, bounded
