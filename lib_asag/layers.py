@@ -183,3 +183,14 @@ def preset_spec(family: str, name_or_spec: str) -> str:
     presets: Mapping[str, str] = PRESETS.get(family, PRESETS["sd1"])
     key = name_or_spec.strip() or DEFAULT_PRESET
     return presets.get(key, key)
+
+
+def model_family(sd_model: object, available: Iterable[LayerRef] = ()) -> str:
+    """'sdxl' | 'sd2' | 'sd1' from the flags the hosts set on the loaded model (A1111
+    modules/sd_models.py load_model, Forge forge_loader.py / backend/diffusion_engine), else from the
+    layout: only SDXL has several transformer blocks in the middle block."""
+    for flag, family in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1")):
+        if getattr(sd_model, flag, False):
+            return family
+    middle = [ref for ref in available if ref.block == "middle"]
+    return "sdxl" if len(middle) > 1 else "sd1"

@@ -123,14 +123,16 @@ def from_script_args(args: Sequence[Any] | Mapping[str, Any] | None) -> tuple[AS
     """Params from the script's args as the WebUI or the API passes them.
 
     Accepts the full positional list (ARG_ORDER), a shorter prefix (`[true]`, `[true, 2.5]`; the rest
-    defaults), a dict of named fields, or a list holding one such dict. Returns (None, messages) when
+    defaults), a dict of named fields, or a list starting with such a dict. Returns (None, messages) when
     the args cannot be used; the caller then generates without ASAG."""
     if args is None:
         return None, []
     if isinstance(args, Mapping):
         return from_values(args)
     args = list(args)
-    if len(args) == 1 and isinstance(args[0], Mapping):
+    if args and isinstance(args[0], Mapping):
+        # The API pads a short args list with the UI's defaults, so `[{...}]` arrives as
+        # [dict, default, default, ...]: the dict is the whole argument.
         return from_values(args[0])
     if len(args) > len(ARG_ORDER):
         return None, [f"ASAG takes at most {len(ARG_ORDER)} args ({', '.join(ARG_ORDER)}), got {len(args)}"]

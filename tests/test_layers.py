@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from lib_asag.layers import (LayerRef, LayerSpecError, find_self_attention, format_layers, layer_from_module_name,
-                             layers_from_module_names, preset_spec, resolve_layers)
+                             layers_from_module_names, model_family, preset_spec, resolve_layers)
 from unet_layouts import SD1_LAYOUT, SDXL_LAYOUT, skeleton
 
 
@@ -102,3 +102,15 @@ def test_presets_resolve_in_their_family(sd1, sdxl):
             assert resolve_layers(preset_spec(family, name), layers)
     assert preset_spec("sdxl", "") == "middle"
     assert preset_spec("sd1", "input.7") == "input.7"
+
+
+def test_model_family_from_host_flags_then_layout(sd1, sdxl):
+    class Model:
+        def __init__(self, **flags):
+            self.__dict__.update(flags)
+
+    assert model_family(Model(is_sdxl=True, is_sd2=False, is_sd1=False), sd1) == "sdxl"  # flags win
+    assert model_family(Model(is_sdxl=False, is_sd2=True), sd1) == "sd2"
+    assert model_family(Model(is_sd1=True), sdxl) == "sd1"
+    assert model_family(Model(), sdxl) == "sdxl"  # no flags (e.g. Forge backend): ten middle blocks
+    assert model_family(Model(), sd1) == "sd1"

@@ -53,6 +53,9 @@ def test_dict_forms_and_string_values():
     params, _ = from_script_args({"enabled": "true", "scale": "1.5", "iterations": "2"})
     assert params == ASAGParams(enabled=True, scale=1.5, iterations=2)
     assert from_script_args([{"enabled": True, "epsilon": 0.2}])[0] == ASAGParams(enabled=True, epsilon=0.2)
+    # The API pads a short list with the UI defaults: the leading dict still wins.
+    padded = [{"enabled": True, "epsilon": 0.2}, False, 3.0, "", 3, 1.0]
+    assert from_script_args(padded) == (ASAGParams(enabled=True, epsilon=0.2), [])
 
 
 def test_wrong_arg_count_and_unknown_keys():

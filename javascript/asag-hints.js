@@ -1,0 +1,38 @@
+// Hover hints for the ASAG accordion (txt2img and img2img). Element ids come from Script.elem_id:
+// "script_<tab>_asag_<field>". A1111 and Forge load every file in an extension's javascript/ folder.
+(function () {
+    const hints = {
+        "enabled": "Adversarial Sinkhorn Attention Guidance: one extra UNet pass per step with degraded self-attention, guided away from.",
+        "scale": "ASAG scale s in  uncond + cfg·(cond − uncond) + s·(cond − perturbed). 0 = no effect; try 1–5.",
+        "rescale": "Blend towards a copy rescaled to the conditional prediction's std (0 = off). Counters over-saturation at high scales.",
+        "preset": "Fills the Layers box with a preset for the loaded model family (SD1.x/SD2.x or SDXL).",
+        "layers": "Self-attention layers to perturb: 'middle', 'input.7', 'output.0-2', 'input.7.1', 'all', comma or semicolon separated. Empty = the model's default preset.",
+        "iterations": "Sinkhorn iterations T: alternating row/column normalisations of the adversarial plan, then a final row step. 0 = anti-attention softmax(−S/ε).",
+        "epsilon": "Temperature ε of the kernel exp(−QKᵀ/(√d·ε)). Larger ε → closer to uniform (maximum-entropy) attention.",
+        "start": "Fraction of the sampling steps after which ASAG starts.",
+        "end": "Fraction of the sampling steps at which ASAG stops (exclusive).",
+        "adaptive": "How the scale changes over the active range: constant, or decaying to 0 linearly or along a cosine.",
+        "hires": "Hires fix second pass: 'same' runs ASAG with the same settings, 'off' skips it there.",
+    };
+
+    function setHint(root, text) {
+        if (root.dataset.asagHint) return;
+        root.dataset.asagHint = "1";
+        root.title = text;
+        root.querySelectorAll("label, span, input, textarea, select, .label-wrap").forEach((el) => {
+            if (!el.title) el.title = text;
+        });
+    }
+
+    function applyHints() {
+        for (const tab of ["txt2img", "img2img"]) {
+            for (const [field, text] of Object.entries(hints)) {
+                const el = gradioApp().getElementById(`script_${tab}_asag_${field}`);
+                if (el) setHint(el, text);
+            }
+        }
+    }
+
+    onUiLoaded(applyHints);
+    onUiUpdate(applyHints);
+})();

@@ -1,0 +1,102 @@
+"""ASAG (Adversarial Sinkhorn Attention Guidance) as an AlwaysOn script for A1111 and Forge.
+
+Thin on purpose: the UI is built by lib_asag.ui, args become ASAGParams there, and the host adapter
+(lib_asag.hosts.get_adapter) does the sampling-time work through `setup` / `teardown` only.
+A1111 (modules/processing.py) calls process_batch before each batch's first pass and before_hr before the
+hires pass; Forge calls process_before_every_sampling for both, so each host arms ASAG from its own hook.
+"""
+from __future__ import annotations
+
+import logging
+
+from modules import script_callbacks, scripts
+
+from lib_asag import hosts, params as asag_params, ui as asag_ui
+
+log = logging.getLogger("asag")
+
+
+def _load_adapter():
+    try:
+        return hosts.get_adapter()
+    except Exception:  # a broken adapter must not break the WebUI's script loading
+        log.exception("ASAG: no adapter for this WebUI; ASAG is unavailable")
+        return None
+
+
+_ADAPTER = _load_adapter()
+
+
+def _add_xyz_axes(*_: object) -> None:
+    asag_ui.add_xyz_axes(scripts.scripts_data)
+
+
+# Before the UI is built so the axes appear in the XYZ dropdowns; again at app start for API-only runs.
+script_callbacks.on_before_ui(_add_xyz_axes)
+script_callbacks.on_app_started(_add_xyz_axes)
+
+
+class ASAGScript(scripts.Script):
+    def title(self):
+        return "ASAG"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        built = asag_ui.build(self.elem_id, is_img2img)
+        self.infotext_fields = built.infotext_fields
+        self.paste_field_names = built.paste_field_names
+        return built.components
+
+    def process(self, p, *args):
+        self._teardown(p)  # whatever an earlier, failed generation may have left armed
+        params, messages = asag_ui.params_from_script(p, args)
+        for message in messages:
+            log.warning("ASAG: %s -> generating without ASAG.", message)
+            _comment(p, f"ASAG off: {message}")
+
+    def process_batch(self, p, *args, **kwargs):
+        if _ADAPTER is not None and _ADAPTER.name == "a1111":
+            self._setup(p, args)
+
+    def before_hr(self, p, *args):
+        if _ADAPTER is not None and _ADAPTER.name == "a1111":
+            self._setup(p, args)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        if _ADAPTER is not None and _ADAPTER.name != "a1111":
+            self._setup(p, args)
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        self._teardown(p)
+
+    def postprocess(self, p, processed, *args):
+        self._teardown(p)
+
+    def _setup(self, p, args) -> None:
+        params, _ = asag_ui.params_from_script(p, args)
+        if _ADAPTER is None or params is None or not params.enabled:
+            self._teardown(p)
+            return
+        messages = _ADAPTER.setup(p, params)
+        if getattr(p, "is_hr_pass", False):
+            return
+        for key in asag_params.INFOTEXT_KEYS.values():
+            p.extra_generation_params.pop(key, None)
+        if messages:
+            for message in messages:
+                log.warning("ASAG: %s", message)
+                _comment(p, message)
+        else:
+            p.extra_generation_params.update(asag_params.to_infotext(params))
+
+    def _teardown(self, p) -> None:
+        if _ADAPTER is not None:
+            _ADAPTER.teardown(p)
+
+
+def _comment(p, text: str) -> None:
+    comment = getattr(p, "comment", None)
+    if callable(comment):
+        comment(text)

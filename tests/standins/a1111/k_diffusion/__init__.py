@@ -1,0 +1,1 @@
+"""Stand-in of k-diffusion (crowsonkb/k-diffusion), only k_diffusion.external.CompVisDenoiser."""

@@ -1,0 +1,1 @@
+"""Stand-in package (see tests/standins/a1111/README.md)."""

@@ -1,0 +1,297 @@
+"""scripts/asag.py + lib_asag/ui.py in the A1111 stand-ins: UI, args (UI and API forms), infotext round trip,
+XYZ axes, the hook sequence of modules/processing.py, and "disabled = absent"."""
+from __future__ import annotations
+
+import importlib.util
+import dataclasses
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib_asag import params as asag_params
+
+_HARNESS = Path(__file__).resolve().parent / "standins" / "a1111" / "asag_harness.py"
+if "asag_harness" not in sys.modules:  # test helpers + independent reference; host imports are lazy
+    _spec = importlib.util.spec_from_file_location("asag_harness", _HARNESS)
+    sys.modules["asag_harness"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["asag_harness"])
+H = sys.modules["asag_harness"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(standins):
+    root = standins("a1111")
+    from modules import script_callbacks, scripts, shared
+    shared.reset()
+    script_callbacks.clear_callbacks()
+    scripts.scripts_data.clear()
+    sys.path.insert(0, str(ROOT))  # load_scripts puts the extension's basedir first while loading
+    module = scripts.register_scripts_from_file(str(ROOT / "scripts" / "asag.py"))
+    import gradio as gr
+    with gr.Blocks():
+        script = module.ASAGScript()
+        script.is_txt2img = True
+        components = script.ui(False)
+    from ldm.models.diffusion.ddpm import LatentDiffusion
+    shared.sd_model = LatentDiffusion(seed=0).eval()
+    yield types.SimpleNamespace(module=module, script=script, components=components, shared=shared,
+                                callbacks=script_callbacks, scripts=scripts, root=root)
+    script.postprocess(None, None)
+    script_callbacks.clear_callbacks()
+    scripts.scripts_data.clear()
+
+
+def _ui_defaults(env):
+    return [c.value for c in env.components]
+
+
+def _args(env, **values):
+    """The UI's positional args with some fields changed (what the WebUI passes to process())."""
+    args = _ui_defaults(env)
+    for name, value in values.items():
+        args[asag_params.ARG_ORDER.index(name)] = value
+    return args
+
+
+def _p(env, **kwargs):
+    from modules.processing import StableDiffusionProcessingTxt2Img
+    return StableDiffusionProcessingTxt2Img(batch_size=2, **kwargs)
+
+
+def generate(env, p, args, case, *, script=True, hires=False):
+    """modules/processing.py process_images_inner order: process, process_batch, sample (before_hr before a
+    hires pass), postprocess_batch, postprocess. Returns the first (and hires) pass results."""
+    s = env.script
+    if script:
+        s.process(p, *args)
+        s.process_batch(p, *args, batch_number=0, prompts=[], seeds=[], subseeds=[])
+    out = [H.run_sampler(p, case)]
+    if hires:
+        p.is_hr_pass = True
+        if script:
+            s.before_hr(p, *args)
+        out.append(H.run_sampler(p, case))
+        p.is_hr_pass = False
+    if script:
+        s.postprocess_batch(p, *args, images=None, batch_number=0)
+        s.postprocess(p, None, *args)
+    return out
+
+
+def _asag_callbacks(env):
+    return [cb for lst in env.callbacks.callback_map.values() for cb in lst
+            if getattr(cb.callback, "__module__", "") == "lib_asag.host_a1111"]
+
+
+def test_ui_returns_components_in_arg_order_with_the_defaults(env):
+    assert len(env.components) == len(asag_params.ARG_ORDER)
+    assert _ui_defaults(env) == [getattr(asag_params.DEFAULTS, name) for name in asag_params.ARG_ORDER]
+    from modules.ui_components import InputAccordion
+    assert isinstance(env.components[0], InputAccordion)
+    ids = [c.elem_id for c in env.components[1:]]
+    assert ids == [f"script_txt2img_asag_{name}" for name in asag_params.ARG_ORDER[1:]]
+    assert env.script.title() == "ASAG" and env.script.show(False) is env.scripts.AlwaysVisible
+
+
+def test_ui_falls_back_to_accordion_and_checkbox_without_input_accordion(env, monkeypatch):
+    import gradio as gr
+    from modules import ui_components
+    monkeypatch.delattr(ui_components, "InputAccordion")
+    with gr.Blocks():
+        components = env.module.ASAGScript().ui(False)
+    assert type(components[0]) is gr.Checkbox and components[0].value is False
+
+
+def test_hints_cover_every_element_id(env):
+    js = (ROOT / "javascript" / "asag-hints.js").read_text()
+    for name in asag_params.ARG_ORDER:
+        assert f'"{name}":' in js
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Infotext: written as A1111 writes generation parameters, read back as it parses them
+
+def _infotext_line(values: dict) -> str:
+    """modules/processing.py create_infotext: 'k: v' joined by ', ', values quoted when they hold , : or \""""
+    def quote(v):
+        v = str(v)
+        return json.dumps(v, ensure_ascii=False) if any(ch in v for ch in ",:\n\"") else v
+    return ", ".join(f"{k}: {quote(v)}" for k, v in values.items())
+
+
+def _parse_infotext(line: str) -> dict:
+    """modules/infotext_utils.py parse_generation_parameters: regex re_param, then unquote."""
+    out = {}
+    for k, v in re.findall(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', line):
+        out[k] = json.loads(v) if v.startswith('"') else v
+    return out
+
+
+@pytest.mark.parametrize("values", [
+    dict(scale=2.5),
+    dict(scale=4.0, layers="middle, output.0-2", iterations=7, epsilon=0.35, start=0.1, end=0.8,
+         adaptive="cosine", rescale=0.25, hires="off"),
+    dict(scale=1.0, layers="input.3.1; middle"),
+])
+def test_infotext_round_trip_through_the_paste_fields(env, values):
+    p = _p(env)
+    generate(env, p, _args(env, enabled=True, **values), H.make_case(env.shared.sd_model, steps=1))
+    text = _infotext_line({"Steps": 20, "Sampler": "Euler", **p.extra_generation_params})
+    pasted = _parse_infotext(text)
+    restored = {}
+    for component, reader in env.script.infotext_fields:
+        restored[env.components.index(component)] = reader(pasted)
+    want = dataclasses.asdict(dataclasses.replace(asag_params.DEFAULTS, enabled=True, **values))
+    assert [restored[i] for i in range(len(env.components))] == [want[n] for n in asag_params.ARG_ORDER]
+    assert set(env.script.paste_field_names) == set(asag_params.INFOTEXT_KEYS.values())
+
+
+def test_pasting_an_infotext_without_asag_turns_it_off_and_leaves_the_rest(env):
+    pasted = _parse_infotext("Steps: 20, Sampler: Euler")
+    readers = [reader for _, reader in env.script.infotext_fields]
+    assert [r(pasted) for r in readers] == [False] + [None] * (len(readers) - 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Args: UI positional, API short lists, API dicts; bad args
+
+API_FORMS = {
+    "full positional": lambda env: _args(env, enabled=True, scale=2.5),
+    "short [true, scale] + UI defaults": lambda env: [True, 2.5] + _ui_defaults(env)[2:],
+    "dict first, rest UI defaults": lambda env: [{"enabled": True, "scale": 2.5}] + _ui_defaults(env)[1:],
+    "dict alone": lambda env: [{"enabled": True, "scale": "2.5"}],
+}
+
+
+@pytest.mark.parametrize("form", list(API_FORMS))
+def test_api_arg_forms_give_the_same_image(env, form):
+    case = H.make_case(env.shared.sd_model, steps=2)
+    reference = generate(env, _p(env), _args(env, enabled=True, scale=2.5), case)[0]
+    p = _p(env)
+    got = generate(env, p, API_FORMS[form](env), case)[0]
+    assert torch.equal(got, reference)
+    assert p.extra_generation_params["ASAG scale"] == 2.5
+
+
+@pytest.mark.parametrize("bad", [
+    [True, "lots"], [True, 2.0, "output.99"], [{"enabled": True, "scael": 2}], [True, 2.0, "", 3, -1.0],
+])
+def test_bad_args_log_clearly_and_give_a_normal_image(env, bad, caplog):
+    case = H.make_case(env.shared.sd_model, steps=2)
+    plain = generate(env, _p(env), [], case, script=False)[0]
+    args = bad + _ui_defaults(env)[len(bad):] if not isinstance(bad[0], dict) else bad
+    p = _p(env)
+    got = generate(env, p, args, case)[0]
+    assert torch.equal(got, plain)
+    assert "ASAG" in caplog.text
+    assert not any(k.startswith("ASAG") for k in p.extra_generation_params)
+    assert p.comments  # the message is shown with the result too
+    assert _asag_callbacks(env) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Disabled = absent; lifecycle
+
+def test_disabled_is_bit_identical_to_absent(env):
+    case = H.make_case(env.shared.sd_model, steps=3)
+    absent = generate(env, _p(env), [], case, script=False, hires=True)
+    p = _p(env)
+    env.script.process(p, *_ui_defaults(env))
+    env.script.process_batch(p, *_ui_defaults(env))
+    assert _asag_callbacks(env) == []
+    env.script.postprocess(p, None)
+    disabled = generate(env, p, _ui_defaults(env), case, hires=True)
+    assert all(torch.equal(a, b) for a, b in zip(absent, disabled))
+    assert p.extra_generation_params == {}
+
+
+def test_after_a_failed_generation_the_next_disabled_one_is_identical_to_absent(env):
+    case = H.make_case(env.shared.sd_model, steps=2)
+    absent = generate(env, _p(env), [], case, script=False)[0]
+    p = _p(env)
+    args = _args(env, enabled=True)
+    env.script.process(p, *args)
+    env.script.process_batch(p, *args)
+    unet = env.shared.sd_model.model.diffusion_model
+    handle = unet.register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(RuntimeError("crash")))
+    with pytest.raises(RuntimeError):
+        H.run_sampler(p, case)  # processing aborts: postprocess_batch / postprocess never run
+    handle.remove()
+    assert not [n for n, m in env.shared.sd_model.named_modules() if "forward" in m.__dict__]
+    got = generate(env, _p(env), _ui_defaults(env), case)[0]
+    assert torch.equal(got, absent)
+    assert _asag_callbacks(env) == []
+
+
+def test_enabled_generation_writes_infotext_and_cleans_up(env):
+    case = H.make_case(env.shared.sd_model, steps=2)
+    absent = generate(env, _p(env), [], case, script=False)[0]
+    p = _p(env)
+    got = generate(env, p, _args(env, enabled=True, scale=3.0, layers="middle, output.0"), case)[0]
+    assert (got - absent).abs().max() > 1e-2
+    assert p.extra_generation_params == {"ASAG scale": 3.0, "ASAG layers": "middle, output.0"}
+    assert _asag_callbacks(env) == []
+
+
+@pytest.mark.parametrize("hires,patched_in_hr", [("same", True), ("off", False)])
+def test_hires_pass_behaviour(env, hires, patched_in_hr):
+    model = env.shared.sd_model
+    seen = []
+    attn = dict(model.named_modules())["model.diffusion_model.middle_block.1.transformer_blocks.0.attn1"]
+    attn.register_forward_pre_hook(lambda m, a: seen.append(("hr" if p.is_hr_pass else "first", "forward" in m.__dict__)))
+    p = _p(env, enable_hr=True)
+    generate(env, p, _args(env, enabled=True, hires=hires), H.make_case(model, steps=1), hires=True)
+    assert ("first", True) in seen
+    assert (("hr", True) in seen) == patched_in_hr
+    assert p.extra_generation_params.get("ASAG hires", "same") == hires
+
+
+def test_edit_model_is_refused_with_a_message(env):
+    from ldm.models.diffusion.ddpm import LatentDiffusion
+    env.shared.sd_model = LatentDiffusion(cond_stage_key="edit").eval()
+    p = _p(env)
+    generate(env, p, _args(env, enabled=True), H.make_case(env.shared.sd_model, steps=1))
+    assert any("InstructPix2Pix" in c for c in p.comments)
+    assert "ASAG scale" not in p.extra_generation_params
+
+
+def test_forge_hook_does_nothing_on_a1111(env):
+    p = _p(env)
+    env.script.process_before_every_sampling(p, *_args(env, enabled=True))
+    assert _asag_callbacks(env) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# XYZ plot
+
+def test_xyz_axes_are_added_once_and_drive_the_params(env):
+    xyz = env.scripts.register_scripts_from_file(str(env.root / "scripts" / "xyz_grid.py"))
+    env.callbacks.before_ui_callback()
+    env.callbacks.app_started_callback(None, None)
+    labels = [o.label for o in xyz.axis_options]
+    assert labels == ["ASAG scale", "ASAG layers", "ASAG iterations", "ASAG epsilon"]
+
+    from lib_asag import ui
+    p = _p(env)
+    by_label = {o.label: o for o in xyz.axis_options}
+    cell = xyz.run_cell(p, by_label["ASAG scale"], "4.5", ["1", "4.5"])
+    cell = xyz.run_cell(cell, by_label["ASAG layers"], "middle; output.0", [])
+    cell = xyz.run_cell(cell, by_label["ASAG iterations"], "5", [])
+    assert not hasattr(p, ui.XYZ_ATTR)  # cells are copies; the base p is untouched
+    params, messages = ui.params_from_script(cell, _ui_defaults(env))  # ASAG unticked in the UI
+    assert messages == [] and params.enabled and params.scale == 4.5
+    assert params.layers == "middle; output.0" and params.iterations == 5
+
+    case = H.make_case(env.shared.sd_model, steps=1)
+    got = generate(env, cell, _ui_defaults(env), case)[0]
+    direct = generate(env, _p(env), _args(env, enabled=True, scale=4.5, layers="middle; output.0", iterations=5),
+                      case)[0]
+    assert torch.equal(got, direct)
+    assert cell.extra_generation_params["ASAG scale"] == 4.5
