@@ -1,26 +1,55 @@
-"""Which WebUI are we running in? Decided by what is importable, without importing it."""
+"""Which WebUI are we running in? Decided by what is importable, without importing it.
+
+Only top-level packages are looked up (`importlib.util.find_spec("pkg")` imports nothing; a dotted name
+would import its parent), then the package folders are checked for the files each adapter relies on, so
+an unrelated package that happens to be called `backend` or `modules` is not mistaken for a WebUI:
+
+- Forge 2024-08+ (`backend/` era, HEAD dfdcbab6): `modules_forge/` and `backend/patcher/base.py`,
+  `backend/sampling/sampling_function.py`.
+- Forge 2024-02..07 (33e381f1) and reForge: `ldm_patched/modules/model_patcher.py`, `ldm_patched/modules/samplers.py`.
+- AUTOMATIC1111: `modules/processing.py` and `modules/sd_samplers_cfg_denoiser.py`.
+"""
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import sys
 from typing import Any
 
+_MARKERS: dict[str, dict[str, tuple[str, ...]]] = {
+    "forge_backend": {"modules_forge": (), "backend": ("patcher/base.py", "sampling/sampling_function.py")},
+    "forge": {"ldm_patched": ("modules/model_patcher.py", "modules/samplers.py")},
+    "a1111": {"modules": ("processing.py", "sd_samplers_cfg_denoiser.py")},
+}
 
-def _has(name: str) -> bool:
+
+def _package_dirs(name: str) -> list[str]:
+    """Folders of a top-level package, from sys.modules if already imported, else from its spec."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return list(getattr(module, "__path__", None) or [])
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    return list(spec.submodule_search_locations or [])
+
+
+def _has_package(name: str, files: tuple[str, ...]) -> bool:
+    dirs = _package_dirs(name)
+    if not dirs:
         return False
+    return all(any(os.path.isfile(os.path.join(d, f)) for d in dirs) for f in files)
 
 
 def detect_host() -> str | None:
     """"forge_backend" (Forge 2024-08+), "forge" (Forge/reForge with ldm_patched), "a1111", or None."""
-    if _has("modules_forge") and _has("backend"):
-        return "forge_backend"
-    if _has("ldm_patched"):
-        return "forge"
-    if _has("modules"):
-        return "a1111"
+    for host, packages in _MARKERS.items():
+        if all(_has_package(name, files) for name, files in packages.items()):
+            return host
     return None
 
 
@@ -29,5 +58,6 @@ def get_adapter() -> Any | None:
     host = detect_host()
     if host is None:
         return None
-    module = importlib.import_module("lib_asag.host_a1111" if host == "a1111" else "lib_asag.host_forge")
-    return module.Adapter(host) if host != "a1111" else module.Adapter()
+    if host == "a1111":
+        return importlib.import_module("lib_asag.host_a1111").Adapter()
+    return importlib.import_module("lib_asag.host_forge").Adapter(host)

@@ -1,0 +1,340 @@
+"""Runs ASAG's Forge adapter on a real Forge / reForge checkout, in its own process (one host per process).
+
+Usage: python forge_real_driver.py <checkout> <repo root>. Prints one JSON line with what was checked;
+exits non-zero on any failed check. Called by test_forge_real.py.
+
+`ldm_patched` checkouts (Forge 33e381f1, reForge): a small random-weight real `BaseModel` / `UNetModel`
+(SD1-like layout, and an SDXL-like one with a 2-block middle) wrapped in the real
+`modules_forge.unet_patcher.UnetPatcher`, sampled through the real `ldm_patched.modules.samplers
+.sampling_function` (so the real `calc_cond_uncond_batch` / `calc_cond_batch` and post-CFG path).
+`backend/` checkouts (Forge dfdcbab6): the real `backend.nn.unet.IntegratedUNet2DConditionModel` in a
+`backend.modules.k_model.KModel`, the real `backend.patcher.unet.UnetPatcher`,
+`backend.sampling.sampling_function.sampling_function_inner`, and a real Flux model for the refusal.
+
+The reference is independent of the adapter and of lib_asag.sinkhorn: D_c, D_u and D_asag come from the host's
+own batching function on the *shared* patcher, D_asag with the chosen attn1 modules' forward overridden by a
+plain float64 Sinkhorn, then D = D_u + w (D_c - D_u) + s (D_c - D_asag).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import types
+from types import SimpleNamespace
+
+import torch
+
+SIGMA, B = 2.0, 2
+
+
+def naive_sinkhorn_attention(q, k, v, heads, iterations, epsilon):
+    """Adversarial Sinkhorn attention straight from docs/method.md, float64."""
+    b, n_q, inner = q.shape
+    d = inner // heads
+    q, k, v = (t.double().reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    log_p = -(q @ k.transpose(-1, -2)) / math.sqrt(d) / epsilon
+    n_k = log_p.shape[-1]
+    for _ in range(iterations):
+        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
+        log_p = log_p - torch.logsumexp(log_p, dim=-2, keepdim=True) + math.log(n_q / n_k)
+    plan = torch.softmax(log_p, dim=-1)
+    return (plan @ v.double()).transpose(1, 2).reshape(b, n_q, inner)
+
+
+def init_weights(model: torch.nn.Module, seed: int) -> None:
+    """Forge builds layers with `disable_weight_init` ops (uninitialised memory): give every weight a value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.zero_()
+            elif ".attn" in name:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.3)
+            elif param.ndim == 1:
+                param.fill_(1.0)
+            else:
+                fan_in = max(1, param[0].numel())
+                param.copy_(torch.randn(param.shape, generator=g) / math.sqrt(fan_in))
+
+
+# ------------------------------------------------------------------------------------------------ hosts
+
+SD1 = dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=[1, 1, 1], channel_mult=[1, 2, 2],
+           transformer_depth=[1, 1, 0], transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1, 0, 0],
+           context_dim=32, num_heads=2, num_head_channels=-1, use_linear_in_transformer=False, adm_in_channels=None,
+           use_spatial_transformer=True, legacy=False, image_size=8, use_checkpoint=False)
+SDXL = dict(SD1, use_linear_in_transformer=True, transformer_depth=[0, 2, 0], transformer_depth_middle=2,
+            transformer_depth_output=[0, 0, 2, 2, 0, 0])
+# Output blocks are built from the deepest level up and pop transformer_depth_output from the end.
+
+
+def placeholder_torchvision(checkout: str) -> bool:
+    """reForge's model_base imports its Cosmos model, which imports torchvision at module level and uses it only
+    when a Cosmos model runs. Without a torchvision matching the installed torch, register an empty placeholder
+    so the import succeeds; nothing here runs Cosmos. Returns whether the placeholder was needed."""
+    if not os.path.isdir(os.path.join(checkout, "ldm_patched", "ldm", "cosmos")):
+        return False
+    try:
+        import torchvision  # noqa: F401
+        return False
+    except Exception:
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+    root = types.ModuleType("torchvision")
+    root.__path__ = []
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.__path__ = []
+    root.transforms = transforms
+    sys.modules.update({"torchvision": root, "torchvision.transforms": transforms})
+    return True
+
+
+def placeholder_webui_shared() -> bool:
+    """reForge's ldm_patched imports the WebUI's `modules.shared` (for `opts` read at call time with getattr
+    defaults on the path run here) and `modules.shared` imports gradio. Without gradio, register a placeholder
+    holding an empty `opts` and a `state`; the rest of `modules` is the checkout's. Returns whether needed."""
+    import importlib.util
+    if importlib.util.find_spec("modules") is None:
+        return False  # Forge 33e381f1's ldm_patched does not import the WebUI
+    try:
+        import modules.shared  # noqa: F401
+        return False
+    except Exception:
+        for name in [n for n in sys.modules if n.startswith("modules.shared") or n == "gradio"]:
+            del sys.modules[name]
+    shared = types.ModuleType("modules.shared")
+    shared.opts = SimpleNamespace()
+    shared.state = SimpleNamespace(interrupted=False, skipped=False, sampling_step=0, sampling_steps=0)
+    sys.modules["modules.shared"] = shared
+    import modules
+    modules.shared = shared
+    return True
+
+
+class LdmPatched:
+    host = "forge"
+
+    def __init__(self, checkout: str):
+        self.torchvision_placeholder = placeholder_torchvision(checkout)
+        self.shared_placeholder = placeholder_webui_shared()
+        import ldm_patched.modules.args_parser as args_parser
+        args_parser.args.always_cpu = True  # model_management asserts CUDA otherwise
+        from ldm_patched.modules import conds, model_base, samplers, supported_models_base
+        from modules_forge.unet_patcher import UnetPatcher
+        self.conds, self.model_base, self.samplers = conds, model_base, samplers
+        self.base, self.UnetPatcher = supported_models_base.BASE, UnetPatcher
+        self.version = "reForge" if hasattr(samplers, "calc_cond_batch") else "Forge ldm_patched"
+
+    def patcher(self, layout: dict, seed: int):
+        config = self.base(dict(layout))
+        config.unet_config.update(num_heads=2, num_head_channels=-1)  # BASE adds 64-channel heads
+        model = self.model_base.BaseModel(config, device="cpu")
+        init_weights(model.diffusion_model, seed)
+        return self.UnetPatcher(model.eval(), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+    def cond(self, tensor, strength=None):
+        entry = {"cross_attn": tensor, "model_conds": {"c_crossattn": self.conds.CONDCrossAttn(tensor)}}
+        if strength is not None:
+            entry["strength"] = strength
+        return entry
+
+    def sample(self, unet, x, sigma, uncond, cond, cond_scale):
+        return self.samplers.sampling_function(unet.model, x, sigma, uncond, cond, cond_scale, unet.model_options,
+                                               seed=0)
+
+    def cond_batch(self, model, cond, uncond, x, sigma, options):
+        if hasattr(self.samplers, "calc_cond_batch"):
+            return tuple(self.samplers.calc_cond_batch(model, [cond, uncond], x, sigma, options))
+        return self.samplers.calc_cond_uncond_batch(model, cond, uncond, x, sigma, options)
+
+    def no_attention_model(self):
+        return None
+
+
+class Backend:
+    host = "forge_backend"
+    version = "Forge backend"
+
+    def __init__(self, checkout: str):
+        sys.path.insert(0, os.path.join(checkout, "packages_3rdparty"))  # as modules_forge/initialization.py does
+        from backend import args as backend_args
+        backend_args.args.always_cpu = True  # memory_management asserts CUDA otherwise
+        from backend.modules.k_prediction import Prediction
+        self.Prediction = Prediction
+        from backend.modules.k_model import KModel
+        from backend.nn.unet import IntegratedUNet2DConditionModel
+        from backend.patcher.unet import UnetPatcher
+        from backend.sampling import condition, sampling_function
+        self.KModel, self.Unet, self.UnetPatcher = KModel, IntegratedUNet2DConditionModel, UnetPatcher
+        self.condition, self.sampling = condition, sampling_function
+
+    def patcher(self, layout: dict, seed: int, diffusion_model=None):
+        keys = ("in_channels", "out_channels", "model_channels", "num_res_blocks", "channel_mult", "transformer_depth",
+                "transformer_depth_middle", "transformer_depth_output", "context_dim", "num_heads",
+                "use_linear_in_transformer", "adm_in_channels", "use_spatial_transformer")
+        if diffusion_model is None:
+            diffusion_model = self.Unet(**{k: layout[k] for k in keys})
+            init_weights(diffusion_model, seed)
+        # backend/loader.py sets these on the model before wrapping it in KModel.
+        diffusion_model.storage_dtype = diffusion_model.computation_dtype = torch.float32
+        predictor = self.Prediction(prediction_type="epsilon")
+        model = self.KModel(model=diffusion_model, diffusers_scheduler=None, k_predictor=predictor, config=None)
+        return self.UnetPatcher(model.eval(), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+    def cond(self, tensor, strength=None):
+        entry = {"cross_attn": tensor, "model_conds": {"c_crossattn": self.condition.ConditionCrossAttn(tensor)}}
+        if strength is not None:
+            entry["strength"] = strength
+        return entry
+
+    def sample(self, unet, x, sigma, uncond, cond, cond_scale):
+        return self.sampling.sampling_function_inner(unet.model, x, sigma, uncond, cond, cond_scale,
+                                                     unet.model_options, seed=0)
+
+    def cond_batch(self, model, cond, uncond, x, sigma, options):
+        return self.sampling.calc_cond_uncond_batch(model, cond, uncond, x, sigma, options)
+
+    def no_attention_model(self):
+        from backend.nn.flux import IntegratedFluxTransformer2DModel
+        flux = IntegratedFluxTransformer2DModel(in_channels=16, vec_in_dim=16, context_in_dim=16, hidden_size=64,
+                                                mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
+                                                axes_dim=[8, 12, 12], theta=10000, qkv_bias=True, guidance_embed=False)
+        return self.patcher(SD1, 0, diffusion_model=flux)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+def make_recorder(calls: list):
+    """model_function_wrapper (a host feature) recording what every model call ran. A plain function: the
+    patcher's clone deep-copies model_options, which would copy a callable object and its list."""
+
+    def recorder(apply_model, args):
+        options = args["c"]["transformer_options"]
+        calls.append({"cond_or_uncond": list(args["cond_or_uncond"]), "batch": int(args["input"].shape[0]),
+                           "attn1": sorted(map(list, options.get("patches_replace", {}).get("attn1", {})))})
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    return recorder
+
+
+def reference(api, shared, params, refs, x, sigma, uncond, cond, cond_scale):
+    from lib_asag import layers
+    modules = layers.find_self_attention(shared.model.diffusion_model)
+    options = {k: v for k, v in shared.model_options.items() if k != "model_function_wrapper"}
+    with torch.no_grad():
+        # One call for both, as the host's normal pass batches them (batch composition changes float32 rounding).
+        d_c, d_u = api.cond_batch(shared.model, cond, uncond if cond_scale != 1.0 else None, x, sigma, options)
+        patched = [modules[ref] for ref in refs]
+        for m in patched:
+            def forward(x_, context=None, value=None, mask=None, transformer_options=None, m=m):
+                out = naive_sinkhorn_attention(m.to_q(x_), m.to_k(x_), m.to_v(x_), m.heads, params.iterations,
+                                               params.epsilon)
+                return m.to_out(out.to(x_.dtype))
+            m.forward = forward
+        try:
+            d_asag, _ = api.cond_batch(shared.model, cond, None, x, sigma, options)
+        finally:
+            for m in patched:
+                del m.forward
+    guided = d_c if cond_scale == 1.0 else d_u + (d_c - d_u) * cond_scale
+    return guided + params.scale * (d_c - d_asag), guided
+
+
+def check_case(api, adapter_cls, layout, spec, cond_scale, n_conds, seed):
+    from lib_asag import layers
+    from lib_asag.params import ASAGParams
+    shared = api.patcher(layout, seed)
+    calls: list[dict] = []
+    shared.model_options["model_function_wrapper"] = make_recorder(calls)
+    before = copy.deepcopy({k: v for k, v in shared.model_options.items() if k != "model_function_wrapper"})
+    objects = SimpleNamespace(unet=shared)
+    sd_model = SimpleNamespace(forge_objects=objects, is_sdxl=layout is SDXL)
+    sampler = SimpleNamespace(model_wrap_cfg=SimpleNamespace(step=0, total_steps=10))
+    p = SimpleNamespace(sd_model=sd_model, sampler=sampler,
+                        extra_generation_params={}, is_hr_pass=False, comment=lambda text: None)
+    params = ASAGParams(enabled=True, scale=2.0, layers=spec, iterations=3, epsilon=0.8)
+    adapter = adapter_cls(api.host)
+    messages = adapter.setup(p, params)
+    assert messages == [], messages
+    clone = sd_model.forge_objects.unet
+    assert clone is not shared and clone.model is shared.model
+
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(B, 4, 8, 8, generator=g) * SIGMA
+    sigma = torch.full((B,), SIGMA)
+    uncond = [api.cond(torch.randn(B, 6, 32, generator=g))]
+    weights = [0.7, 0.3][:n_conds] if n_conds > 1 else [None]
+    cond = [api.cond(torch.randn(B, 6, 32, generator=g), w) for w in weights]
+    with torch.no_grad():
+        got = api.sample(clone, x, sigma, uncond, cond, cond_scale)
+    adapter.teardown(p)
+    assert sd_model.forge_objects.unet is shared
+
+    after = {k: v for k, v in shared.model_options.items() if k != "model_function_wrapper"}
+    assert after == before, "shared patcher's model_options changed"
+    refs = layers.resolve_layers(params.layer_spec("sdxl" if layout is SDXL else "sd1"),
+                                 layers.find_self_attention(shared.model.diffusion_model))
+    keys = sorted(list(ref.patch_key) for ref in refs)
+    normal_rows = [0] * n_conds + ([] if cond_scale == 1.0 else [1])
+    assert calls[0]["attn1"] == [] and sorted(calls[0]["cond_or_uncond"]) == normal_rows
+    perturbed = calls[1:]
+    assert perturbed and all(c["cond_or_uncond"] == [0] * len(c["cond_or_uncond"]) for c in perturbed), perturbed
+    assert sum(c["batch"] for c in perturbed) == B * n_conds
+    assert all(c["attn1"] == keys for c in perturbed), (perturbed, keys)
+
+    expected, plain = reference(api, shared, params, refs, x, sigma, uncond, cond, cond_scale)
+    tol = 1.5e-4 * float(expected.abs().max())  # float32 host vs float64 reference attention
+    term = float((expected - plain).abs().max())
+    error = float((got - expected.float()).abs().max())
+    assert term > 100 * tol, (term, tol)  # the check can tell ASAG from plain CFG
+    assert error <= tol, (error, tol)
+    return {"layout": "sdxl" if layout is SDXL else "sd1", "spec": spec, "cfg": cond_scale, "conds": n_conds,
+            "keys": [".".join(map(str, k)) for k in keys], "term_max": round(term, 4), "error_max": error}
+
+
+def check_refusal(api, adapter_cls):
+    shared = api.no_attention_model()
+    if shared is None:
+        return None
+    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=shared), is_sdxl=False)
+    p = SimpleNamespace(sd_model=sd_model, extra_generation_params={}, is_hr_pass=False)
+    from lib_asag.params import ASAGParams
+    messages = adapter_cls(api.host).setup(p, ASAGParams(enabled=True))
+    assert len(messages) == 1 and "self-attention" in messages[0], messages
+    assert sd_model.forge_objects.unet is shared and "sampler_post_cfg_function" not in shared.model_options
+    return messages[0]
+
+
+MISSING_DEPENDENCY = 3
+
+
+def main(checkout: str, repo: str) -> None:
+    sys.path[:0] = [checkout, repo]
+    torch.manual_seed(0)
+    is_backend = os.path.isfile(os.path.join(checkout, "backend", "patcher", "base.py"))
+    try:
+        api = Backend(checkout) if is_backend else LdmPatched(checkout)
+    except ModuleNotFoundError as e:  # a dependency of the host, not of ASAG
+        print(json.dumps({"missing": e.name}))
+        sys.exit(MISSING_DEPENDENCY)
+    from lib_asag import hosts
+    from lib_asag.host_forge import Adapter
+    assert hosts.detect_host() == api.host, (hosts.detect_host(), api.host)
+    cases = [(SD1, "middle", 5.0, 1), (SD1, "middle, output.2-3", 5.0, 2), (SD1, "input.1", 1.0, 1),
+             (SDXL, "middle", 5.0, 1), (SDXL, "input.3.1", 5.0, 1)]
+    results = [check_case(api, Adapter, *case, seed=i) for i, case in enumerate(cases)]
+    source = sys.modules["lib_asag.host_forge"].cond_batch_function.__code__.co_filename
+    host_module = "backend.sampling.sampling_function" if is_backend else "ldm_patched.modules.samplers"
+    host_file = sys.modules[host_module].__file__
+    assert host_file.startswith(os.path.abspath(checkout)), host_file
+    assert source.startswith(os.path.abspath(repo)), source
+    print(json.dumps({"host": api.host, "version": api.version, "host_file": host_file, "cases": results,
+                      "placeholders": [n for n in ("torchvision", "shared") if getattr(api, f"{n}_placeholder", False)],
+                      "refusal": check_refusal(api, Adapter)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
