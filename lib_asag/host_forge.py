@@ -19,6 +19,14 @@ at 33e381f1 and at dfdcbab6):
 The normal pass is unchanged: the clone's transformer options (other extensions' attn1/attn2 patches,
 ControlNet, IP-Adapter) are not edited. In the perturbed pass everything but the chosen attn1 layers is
 the host's. Host modules are imported inside functions only.
+
+Batched mode (the default where safe): a `model_function_wrapper` on the clone appends copies of the cond
+rows to the host's normal model call and marks them in `transformer_options` (`BATCH_MARK`); the attn1
+patch runs the host's own attention on the normal rows and the Sinkhorn attention on the appended ones.
+The wrapper returns the normal rows to the host and keeps the perturbed ones for the post-CFG function,
+which then needs no second call. It falls back to the separate call (and logs why) when another wrapper
+is installed, with ControlNet, per-cond areas/masks/schedules, unequal AND weights, another attn1 patch at
+a chosen layer, model inputs it does not know, or too little free memory for the larger batch.
 """
 from __future__ import annotations
 
@@ -34,6 +42,15 @@ log = logging.getLogger("asag")
 
 HOSTS = ("forge", "forge_backend")
 CalcCond = Callable[[Any, list, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+BATCH_PERTURBED = True  # False: always the separate call (e.g. to compare the two modes)
+BATCH_MARK = "asag_normal_rows"  # transformer_options key: rows before it are the host's, after it ASAG's
+MEMORY_MARGIN = 1.5  # the stricter of the hosts' own batching margins (reForge _calc_cond_batch)
+# Cond entry keys that make the host weight, crop, skip or split entries (get_area_and_mult,
+# _calc_cond_batch): the perturbed rows could not be combined like the host combines the cond rows.
+UNBATCHABLE_COND_KEYS = {"control": "ControlNet", "area": "area conds", "mask": "masked conds",
+                         "timestep_start": "scheduled conds", "timestep_end": "scheduled conds",
+                         "gligen": "GLIGEN", "hooks": "hooked conds", "default": "default conds"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -86,6 +103,43 @@ def sinkhorn_attn1(iterations: int, epsilon: float) -> Callable:
     return attn1_replace
 
 
+def host_attention(host: str) -> Callable:
+    """The attention function the host's CrossAttention.forward calls (module globals, read per call).
+
+    ldm_patched/ldm/modules/attention.py `optimized_attention` (Forge 33e381f1, reForge);
+    backend/nn/unet.py `attention_function` (imported there from backend/attention.py, Forge dfdcbab6)."""
+    if host == "forge_backend":
+        from backend.nn import unet
+        return unet.attention_function
+    from ldm_patched.ldm.modules import attention
+    return attention.optimized_attention
+
+
+def free_memory(host: str, device: torch.device) -> float:
+    """The host's free-memory estimate, the one its batching function sizes batches with."""
+    if host == "forge_backend":
+        from backend import memory_management
+        return memory_management.get_free_memory(device)
+    from ldm_patched.modules import model_management
+    return model_management.get_free_memory(device)
+
+
+def batched_attn1(iterations: int, epsilon: float, attention: Callable) -> Callable:
+    """attn1 replace patch for the batched call: rows before `extra_options[BATCH_MARK]` get the host's
+    attention (what CrossAttention.forward computes without a mask), the appended rows the Sinkhorn one."""
+
+    def attn1_replace(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        rows, heads = extra_options[BATCH_MARK], extra_options["n_heads"]
+        kwargs = {"attn_precision": extra_options["attn_precision"]} if "attn_precision" in extra_options else {}
+        normal = attention(q[:rows], k[:rows], v[:rows], heads, **kwargs)  # reForge passes attn_precision
+        perturbed = sinkhorn.adversarial_sinkhorn_attention(q[rows:], k[rows:], v[rows:], heads=heads,
+                                                            iterations=iterations, epsilon=epsilon)
+        return torch.cat([normal, perturbed.to(normal.dtype)])
+
+    attn1_replace.asag = True
+    return attn1_replace
+
+
 def progress(p: Any) -> tuple[int, int]:
     """(step, total) of the running pass, as A1111's CFGDenoiser counts them (model calls).
 
@@ -105,6 +159,14 @@ def progress(p: Any) -> tuple[int, int]:
 # Per-pass state
 
 @dataclass
+class _Capture:
+    """Perturbed cond chunks the wrapper kept from the normal pass of one model evaluation (keyed by the
+    host's sigma tensor, the same object in every call of that evaluation and in the post-CFG args)."""
+    sigma: Any
+    chunks: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
 class _Session:
     p: Any
     params: asag_params.ASAGParams
@@ -112,9 +174,14 @@ class _Session:
     calc_cond: CalcCond
     original_unet: Any
     clone: Any
+    host: str = "forge"
     applied_steps: int = 0
     failed: bool = False
     errors: list[str] = field(default_factory=list)
+    batch_off: str | None = None  # why the perturbed rows are not batched (for the rest of the pass)
+    capture: _Capture | None = None
+    closed_sigma: Any = None  # sigma of the evaluation whose normal pass is over
+    logged_mode: str | None = None
 
 
 _session: _Session | None = None
@@ -154,12 +221,59 @@ def _fail(session: _Session, error: BaseException) -> None:
         pass
 
 
-def _guided(session: _Session, args: dict, scale: float) -> torch.Tensor:
-    denoised, cond_denoised = args["denoised"], args["cond_denoised"]
+def _log_mode(session: _Session, reason: str | None) -> None:
+    """Say once per pass (again only if it changes) how the perturbed prediction is computed."""
+    text = ("ASAG: perturbed pass batched with cond/uncond" if reason is None
+            else f"ASAG: perturbed pass in a separate call ({reason})")
+    if text != session.logged_mode:
+        session.logged_mode = text
+        log.info(text)
+
+
+def _cond_reason(cond: list) -> str | None:
+    """Why these cond entries cannot be combined from batched rows as simply as the host combines them."""
+    for entry in cond:
+        for key, what in UNBATCHABLE_COND_KEYS.items():
+            if entry.get(key) is not None:
+                return what
+    if len({float(entry.get("strength", 1.0)) for entry in cond}) > 1:
+        return "AND-prompt weights differ"
+    return None
+
+
+def _batched_prediction(session: _Session, args: dict) -> tuple[torch.Tensor | None, str | None]:
+    """The perturbed prediction from the rows the wrapper appended to this evaluation's normal call.
+
+    Full-frame entries of equal strength: the host's weighted average (calc_cond_uncond_batch /
+    _calc_cond_batch: sum(out * mult) / sum(mult)) is the plain mean of the chunks. None and why otherwise."""
+    capture, session.capture = session.capture, None
+    if session.batch_off is None:
+        session.batch_off = _cond_reason(args["cond"])
+    if session.batch_off is not None:
+        return None, session.batch_off
+    if capture is None or capture.sigma is not args["sigma"] or not capture.chunks:
+        return None, "the host's model call did not go through the ASAG wrapper"
+    if len(capture.chunks) != len(args["cond"]):
+        return None, f"{len(capture.chunks)} perturbed chunks for {len(args['cond'])} conds"
+    return sum(capture.chunks) / len(capture.chunks), None
+
+
+def _separate_prediction(session: _Session, args: dict) -> torch.Tensor:
+    """The perturbed prediction from a call of its own on the cond rows (like Forge's PAG)."""
     patch = sinkhorn_attn1(session.params.iterations, session.params.epsilon)
     options = with_attn1_replace(args["model_options"], patch, [ref.patch_key for ref in session.refs])
+    if getattr(options.get("model_function_wrapper"), "asag", False):
+        del options["model_function_wrapper"]  # ours (top level is a copy): nothing to append to this call
     with torch.no_grad():
-        perturbed = session.calc_cond(args["model"], args["cond"], args["input"], args["sigma"], options)
+        return session.calc_cond(args["model"], args["cond"], args["input"], args["sigma"], options)
+
+
+def _guided(session: _Session, args: dict, scale: float) -> torch.Tensor:
+    denoised, cond_denoised = args["denoised"], args["cond_denoised"]
+    perturbed, reason = _batched_prediction(session, args)
+    _log_mode(session, reason)
+    if perturbed is None:
+        perturbed = _separate_prediction(session, args)
     if perturbed.shape != denoised.shape:
         raise RuntimeError(f"perturbed prediction has shape {tuple(perturbed.shape)}, "
                            f"CFG result {tuple(denoised.shape)}")
@@ -197,6 +311,140 @@ def _post_cfg_function(session: _Session) -> Callable[[dict], torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Batched mode: the model_function_wrapper (same call in calc_cond_uncond_batch at 33e381f1 and dfdcbab6 and
+# in reForge _calc_cond_batch: wrapper(model.apply_model, {"input", "timestep", "c", "cond_or_uncond"}),
+# output chunked by len(cond_or_uncond); `c` holds the model inputs and this call's transformer_options)
+
+def _unbatchable_call(session: _Session, args: dict) -> str | None:
+    """Why cond rows cannot be appended to this model call, or None."""
+    c, x = args["c"], args["input"]
+    if c.get("control") is not None:
+        return "ControlNet"
+    attn1 = c.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    for ref in session.refs:
+        if ref.patch_key in attn1 or ref.patch_key[:2] in attn1:
+            return f"another attn1 patch at {ref}"  # the normal rows must keep it
+    for key, value in c.items():
+        batched = isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == x.shape[0]
+        if key != "transformer_options" and not (batched or value is None or isinstance(value, (bool, int, float, str))):
+            return f"model input {key!r}"
+    rows = x.shape[0] + x.shape[0] // len(args["cond_or_uncond"]) * list(args["cond_or_uncond"]).count(0)
+    try:
+        needed = session.clone.model.memory_required([rows, *x.shape[1:]]) * MEMORY_MARGIN
+        available = free_memory(session.host, x.device)
+    except Exception as e:
+        return f"free memory unknown: {type(e).__name__}"
+    if needed >= available:
+        return f"not enough free memory for {rows} rows"
+    return None
+
+
+def _extended_options(session: _Session, options: dict, cond_or_uncond: list, chunks: list[int],
+                      rows: int, per_chunk: int) -> dict:
+    """This call's transformer_options for the longer batch: the appended rows are cond rows to every patch
+    that reads cond_or_uncond / cond_mark / cond_indices / uuids (as in the separate call), and ASAG's attn1
+    patch at the chosen layers knows where they start."""
+    extra = len(chunks) * per_chunk
+    options = dict(options)
+    options["cond_or_uncond"] = list(cond_or_uncond) + [0] * len(chunks)
+    if "uuids" in options:  # reForge
+        options["uuids"] = list(options["uuids"]) + [options["uuids"][i] for i in chunks]
+    if "cond_mark" in options:  # Forge compute_cond_mark: one entry per row, 0 = cond
+        options["cond_mark"] = torch.cat([options["cond_mark"], options["cond_mark"].new_zeros(extra)])
+    if "cond_indices" in options:  # Forge compute_cond_indices
+        options["cond_indices"] = list(options["cond_indices"]) + list(range(rows, rows + extra))
+    options[BATCH_MARK] = rows
+    patch = batched_attn1(session.params.iterations, session.params.epsilon, host_attention(session.host))
+    keys = [ref.patch_key for ref in session.refs]
+    return with_attn1_replace({"transformer_options": options}, patch, keys)["transformer_options"]
+
+
+def _append_cond_rows(session: _Session, args: dict) -> tuple[torch.Tensor, torch.Tensor, dict, int]:
+    """(input, timestep, c, normal rows) with a copy of every cond chunk's rows appended."""
+    x, c, cond_or_uncond = args["input"], args["c"], list(args["cond_or_uncond"])
+    rows, per_chunk = x.shape[0], x.shape[0] // len(cond_or_uncond)
+    chunks = [i for i, kind in enumerate(cond_or_uncond) if kind == 0]
+    index = torch.cat([torch.arange(i * per_chunk, (i + 1) * per_chunk) for i in chunks])
+    extended = {key: torch.cat([value, value[index.to(value.device)]]) if isinstance(value, torch.Tensor) else value
+                for key, value in c.items() if key != "transformer_options"}
+    extended["transformer_options"] = _extended_options(session, c.get("transformer_options", {}), cond_or_uncond,
+                                                        chunks, rows, per_chunk)
+    timestep = args["timestep"]
+    return (torch.cat([x, x[index.to(x.device)]]), torch.cat([timestep, timestep[index.to(timestep.device)]]),
+            extended, rows)
+
+
+def _batch_plan(session: _Session, args: dict) -> tuple[torch.Tensor, torch.Tensor, dict, int] | None:
+    """The longer call to make instead of this one, or None to run it as the host built it."""
+    sigma = args["c"].get("transformer_options", {}).get("sigmas")
+    if (_session is not session or session.failed or session.batch_off is not None or sigma is None
+            or sigma is session.closed_sigma or 0 not in args["cond_or_uncond"] or _interrupted()):
+        return None
+    if guidance.effective_scale(session.params, *progress(session.p)) == 0.0:
+        return None
+    session.batch_off = _unbatchable_call(session, args)
+    if session.batch_off is not None:
+        return None
+    if session.capture is None or session.capture.sigma is not sigma:
+        session.capture = _Capture(sigma)
+    return _append_cond_rows(session, args)
+
+
+def _model_wrapper(session: _Session) -> Callable[[Callable, dict], torch.Tensor]:
+    """model_function_wrapper: runs the host's call with the cond rows appended, keeps the perturbed rows,
+    returns the host exactly the rows it asked for. A plain closure (see _post_cfg_function)."""
+
+    def asag_model_wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
+        plan = _batch_plan(session, args)
+        if plan is None:
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        x, timestep, c, rows = plan
+        try:
+            output = apply_model(x, timestep, **c)
+        except Exception as e:
+            if _is_interrupt(e):
+                raise
+            session.batch_off = f"the batched call failed: {type(e).__name__}: {e}"
+            log.warning("ASAG: %s; running the host's call without the perturbed rows", session.batch_off)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        per_chunk = rows // len(args["cond_or_uncond"])
+        session.capture.chunks.extend(output[rows:].split(per_chunk))
+        return output[:rows]
+
+    asag_model_wrapper.asag = True
+    return asag_model_wrapper
+
+
+def _close_normal_pass(session: _Session) -> Callable[[dict], torch.Tensor]:
+    """First post-CFG function: this evaluation's normal pass is over, so model calls that other post-CFG
+    functions make with the same sigma (e.g. Forge's PAG) get no appended rows."""
+
+    def asag_close_normal_pass(args: dict) -> torch.Tensor:
+        if _session is session:
+            session.closed_sigma = args["sigma"]
+        return args["denoised"]
+
+    asag_close_normal_pass.asag = True
+    return asag_close_normal_pass
+
+
+def _install(clone: Any, session: _Session) -> None:
+    """Register the post-CFG function on the clone and, where batching is possible, the wrapper and closer."""
+    # ldm_patched/modules/model_patcher.py and backend/patcher/base.py:
+    # set_model_sampler_post_cfg_function(post_cfg_function, disable_cfg1_optimization=False).
+    # cfg1 optimisation stays on: ASAG needs only the cond rows (D = D_c + s (D_c - D_asag)).
+    clone.set_model_sampler_post_cfg_function(_post_cfg_function(session))
+    if not BATCH_PERTURBED:
+        session.batch_off = "batching switched off (host_forge.BATCH_PERTURBED)"
+    elif clone.model_options.get("model_function_wrapper") is not None:
+        session.batch_off = "another extension's model_function_wrapper is installed"
+    else:
+        clone.set_model_unet_function_wrapper(_model_wrapper(session))
+        functions = clone.model_options["sampler_post_cfg_function"]
+        clone.model_options["sampler_post_cfg_function"] = [_close_normal_pass(session)] + functions
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 def _unsupported(sd_model: Any, diffusion_model: Any, available: dict) -> str | None:
     if getattr(sd_model, "cond_stage_key", None) == "edit":
@@ -210,11 +458,13 @@ def _unsupported(sd_model: Any, diffusion_model: Any, available: dict) -> str | 
 
 
 def _drop_asag_functions(unet: Any) -> None:
-    """Remove post-CFG functions of an earlier setup from a clone (setup twice on one pass never doubles)."""
+    """Remove post-CFG functions and the wrapper of an earlier setup from a clone (setup twice on one pass never doubles)."""
     functions = unet.model_options.get("sampler_post_cfg_function", [])
     kept = [fn for fn in functions if not getattr(fn, "asag", False)]
     if len(kept) != len(functions):
         unet.model_options["sampler_post_cfg_function"] = kept
+    if getattr(unet.model_options.get("model_function_wrapper"), "asag", False):
+        del unet.model_options["model_function_wrapper"]
 
 
 class Adapter:
@@ -257,11 +507,8 @@ class Adapter:
             return [f"{e}. Generating without ASAG."]
         clone = unet.clone()
         _drop_asag_functions(clone)
-        session = _Session(p, params, refs, cond_batch_function(self.name), unet, clone)
-        # ldm_patched/modules/model_patcher.py and backend/patcher/base.py:
-        # set_model_sampler_post_cfg_function(post_cfg_function, disable_cfg1_optimization=False).
-        # cfg1 optimisation stays on: ASAG needs only the cond rows (D = D_c + s (D_c - D_asag)).
-        clone.set_model_sampler_post_cfg_function(_post_cfg_function(session))
+        session = _Session(p, params, refs, cond_batch_function(self.name), unet, clone, host=self.name)
+        _install(clone, session)
         sd_model.forge_objects.unet = clone
         _session = session
         return []

@@ -116,6 +116,18 @@ def setup(host, p, **fields):
     return params, messages
 
 
+def use_mode(host, mode, monkeypatch):
+    """"batched": the automatic choice (batched where safe); "separate": always the separate call."""
+    monkeypatch.setattr(host.adapter_module, "BATCH_PERTURBED", mode == "batched")
+
+
+def mode_lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("ASAG: perturbed pass")]
+
+
+BATCHED_LINE = "ASAG: perturbed pass batched with cond/uncond"
+
+
 # ----------------------------------------------------------------------------------------------- detection
 
 @pytest.mark.parametrize("root", ["forge", "forge_backend", "a1111"])
@@ -138,6 +150,7 @@ def test_detect_host_imports_no_host_package(standins):
 
 # ----------------------------------------------------------------------------------------------- patching
 
+@pytest.mark.parametrize("mode", ["batched", "separate"])
 @pytest.mark.parametrize("family, spec, expected", [
     ("sd1", "middle", [("middle", 0, 0)]),
     ("sd1", "", [("middle", 0, 0)]),
@@ -147,7 +160,8 @@ def test_detect_host_imports_no_host_package(standins):
     ("sdxl", "middle.1, input.4.1", [("input", 4, 1), ("middle", 0, 1)]),
     ("sdxl", "output_blocks.3.1.transformer_blocks.1.attn1", [("output", 3, 1)]),
 ])
-def test_patch_keys_and_patched_modules_match_the_layer_selection(host, family, spec, expected):
+def test_patch_keys_and_patched_modules_match_the_layer_selection(host, family, spec, expected, mode, monkeypatch):
+    use_mode(host, mode, monkeypatch)
     p = host.processing_for(family)
     _, messages = setup(host, p, layers=spec)
     assert messages == []
@@ -166,17 +180,19 @@ def test_patch_keys_and_patched_modules_match_the_layer_selection(host, family, 
         for handle in handles:
             handle.remove()
     calls = unet.model.calls
-    assert [c["attn1_keys"] for c in calls] == [[], sorted(expected)]
-    # The host's own block walk replaced exactly these modules in one of the two passes (to_out ran twice,
-    # the module's own forward once).
+    # Batched: one call carrying the patch (host attention on the normal rows); separate: a plain call + one.
+    assert [c["attn1_keys"] for c in calls] == ([sorted(expected)] if mode == "batched" else [[], sorted(expected)])
+    # The host's own block walk replaced exactly these modules (to_out ran in every call, the module's own
+    # forward in one call fewer).
     replaced = [n for n in ran_out if ran_out[n] > ran_forward[n]]
-    assert all(ran_out[n] == 2 for n in ran_out)
+    assert all(ran_out[n] == len(calls) for n in ran_out)
     from lib_asag.layers import layer_from_module_name
     assert sorted(layer_from_module_name(n).patch_key for n in replaced) == sorted(expected)
 
 
 @pytest.mark.parametrize("conds, cond_scale", [(1, CFG), (2, CFG), (1, 1.0)])
-def test_perturbed_call_runs_the_conditional_rows_only(host, conds, cond_scale):
+def test_perturbed_call_runs_the_conditional_rows_only(host, conds, cond_scale, monkeypatch):
+    use_mode(host, "separate", monkeypatch)
     p = host.processing_for("sd1")
     setup(host, p)
     run_step(p, cond_scale=cond_scale, conds=conds, weights=[0.7, 0.3][:conds] if conds > 1 else None)
@@ -184,6 +200,21 @@ def test_perturbed_call_runs_the_conditional_rows_only(host, conds, cond_scale):
     assert perturbed["cond_or_uncond"] == [0] * conds
     assert perturbed["batch"] == B * conds
     assert normal["cond_or_uncond"] == [0] * conds + ([] if cond_scale == 1.0 else [1])
+
+
+@pytest.mark.parametrize("conds, cond_scale", [(1, CFG), (2, CFG), (1, 1.0)])
+def test_batched_mode_makes_one_model_call_per_step(host, conds, cond_scale, caplog):
+    """The cond rows are appended to the host's call (cond_or_uncond grows by one 0 per cond chunk)."""
+    caplog.set_level("INFO", logger="asag")
+    p = host.processing_for("sd1")
+    setup(host, p)
+    for step in range(3):
+        run_step(p, cond_scale=cond_scale, conds=conds, weights=[0.5] * conds, step=step)
+    calls = p.sd_model.forge_objects.unet.model.calls
+    normal = [0] * conds + ([] if cond_scale == 1.0 else [1])
+    assert [c["cond_or_uncond"] for c in calls] == [normal + [0] * conds] * 3
+    assert [c["batch"] for c in calls] == [B * (len(normal) + conds)] * 3
+    assert mode_lines(caplog) == [BATCHED_LINE]  # once per pass
 
 
 def test_clone_is_used_and_the_shared_patcher_is_unchanged(host):
@@ -207,13 +238,15 @@ def test_clone_is_used_and_the_shared_patcher_is_unchanged(host):
 
 @pytest.mark.parametrize("family, spec, cond_scale, conds", [
     ("sd1", "middle", CFG, 1), ("sd1", "middle, output.3-5", CFG, 2), ("sd1", "middle", 1.0, 1),
-    ("sdxl", "middle", CFG, 1),
+    ("sdxl", "middle", CFG, 1), ("sd1", "middle", CFG, (0.5, 0.5)),
 ])
 def test_guided_prediction_equals_the_formula(host, family, spec, cond_scale, conds):
+    """Automatic mode: batched for one cond / equal AND weights, separate call for 0.6/0.4."""
     p = host.processing_for(family)
     params, messages = setup(host, p, layers=spec, scale=2.5, iterations=3, epsilon=0.7)
     assert messages == []
-    weights = [0.6, 0.4][:conds] if conds > 1 else None
+    weights = list(conds) if isinstance(conds, tuple) else [0.6, 0.4][:conds] if conds > 1 else None
+    conds = len(weights or [1])
     got = run_step(p, cond_scale=cond_scale, conds=conds, weights=weights)
     from lib_asag.layers import find_self_attention, resolve_layers
     available = find_self_attention(p.sd_model.forge_objects.unet.model.diffusion_model)
@@ -239,14 +272,17 @@ def test_rescale_blends_towards_the_std_of_the_conditional_prediction(host):
     torch.testing.assert_close(got, expected.float(), atol=atol, rtol=1e-4)
 
 
-def test_scale_zero_and_inactive_steps_give_exactly_plain_cfg(host):
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_scale_zero_and_inactive_steps_give_exactly_plain_cfg(host, mode, monkeypatch):
+    use_mode(host, mode, monkeypatch)
     p_plain = host.processing_for("sd1")
     plain = [run_step(p_plain, step=i, total=4) for i in range(4)]
     p = host.processing_for("sd1")
     setup(host, p, start=0.5, end=1.0)
     got = [run_step(p, step=i, total=4) for i in range(4)]
     calls = p.sd_model.forge_objects.unet.model.calls
-    assert [c["cond_or_uncond"] for c in calls] == [[0, 1], [0, 1], [0, 1], [0], [0, 1], [0]]
+    active = [[0, 1, 0]] if mode == "batched" else [[0, 1], [0]]
+    assert [c["cond_or_uncond"] for c in calls] == [[0, 1], [0, 1]] + active * 2
     assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1])
     assert not torch.allclose(got[2], plain[2])
     p0 = host.processing_for("sd1")
@@ -322,15 +358,18 @@ def test_setup_twice_in_one_pass_guides_once(host):
     p = host.processing_for("sd1")
     setup(host, p)
     setup(host, p)  # Forge 33e381f1 sample_hr_pass calls process_before_every_sampling twice
+    ours = ["asag_close_normal_pass", "asag_post_cfg"]  # closer first (batched mode), then the guidance
     functions = p.sd_model.forge_objects.unet.model_options["sampler_post_cfg_function"]
-    assert len(functions) == 1
+    assert [f.__name__ for f in functions] == ours
     # And on a clone another extension made of our clone (before the host's reset):
     other = p.sd_model.forge_objects.unet.clone()
     p.sd_model.forge_objects.unet = other
     setup(host, p)
-    assert len(p.sd_model.forge_objects.unet.model_options["sampler_post_cfg_function"]) == 1
+    options = p.sd_model.forge_objects.unet.model_options
+    assert [f.__name__ for f in options["sampler_post_cfg_function"]] == ours
+    assert options["model_function_wrapper"].__name__ == "asag_model_wrapper"
     run_step(p)
-    assert [c["cond_or_uncond"] for c in p.sd_model.forge_objects.unet.model.calls] == [[0, 1], [0]]
+    assert [c["cond_or_uncond"] for c in p.sd_model.forge_objects.unet.model.calls] == [[0, 1, 0]]
 
 
 def test_teardown_is_idempotent_and_disarms_clones_kept_elsewhere(host):
@@ -405,3 +444,128 @@ def test_a_failing_perturbed_pass_falls_back_to_plain_cfg_once(host):
     assert len(p.sd_model.forge_objects.unet.model.calls) == 2  # no retry after the failure
     assert "ASAG scale" not in p.extra_generation_params
     assert any("out of memory" in c for c in p.comments)
+
+
+# ----------------------------------------------------------------------------------------------- batched mode
+
+@pytest.mark.parametrize("cond_scale", [CFG, 1.0])
+def test_batched_and_separate_modes_give_the_same_result(host, cond_scale, monkeypatch):
+    results = {}
+    for mode in ("batched", "separate"):
+        use_mode(host, mode, monkeypatch)
+        p = host.processing_for("sd1")
+        params, _ = setup(host, p, layers="middle, output.3-5", scale=2.5)
+        results[mode] = run_step(p, cond_scale=cond_scale)
+        assert len(p.sd_model.forge_objects.unet.model.calls) == (1 if mode == "batched" else 2)
+    from lib_asag.layers import LayerRef
+    refs = [LayerRef("middle", 0, 0)] + [LayerRef("output", i, 0) for i in (3, 4, 5)]
+    expected, _, plain = reference_prediction(p, "sd1", params, refs, cond_scale=cond_scale)
+    atol = 2e-5 * float(expected.abs().max())
+    assert float((expected - plain).abs().max()) > 100 * atol
+    torch.testing.assert_close(results["batched"], expected.float(), atol=atol, rtol=1e-4)
+    torch.testing.assert_close(results["batched"], results["separate"], atol=atol, rtol=1e-4)
+
+
+class FakeControlNet:
+    """What Forge's ControlNet puts into cond entries (`controlnet_linked_list`); get_control as called by
+    calc_cond_uncond_batch. Its residuals are empty: only its presence matters here."""
+    previous_controlnet = None
+
+    def get_control(self, x_noisy, t, cond, batched_number):
+        return {"input": [], "middle": [], "output": []}
+
+
+def fallback_calls(host, p, caplog, steps=2):
+    caplog.set_level("INFO", logger="asag")
+    for step in range(steps):
+        run_step(p, step=step)
+    return [c["cond_or_uncond"] for c in p.sd_model.forge_objects.unet.model.calls]
+
+
+def test_controlnet_falls_back_to_the_separate_call(host, caplog):
+    p = host.processing_for("sd1")
+    p.sd_model.forge_objects.unet.controlnet_linked_list = FakeControlNet()
+    setup(host, p)
+    assert fallback_calls(host, p, caplog) == [[0, 1], [0]] * 2
+    assert mode_lines(caplog) == ["ASAG: perturbed pass in a separate call (ControlNet)"]
+
+
+def test_another_model_function_wrapper_falls_back_and_is_kept(host, caplog):
+    p = host.processing_for("sd1")
+    seen = []
+
+    def other_wrapper(apply_model, args):  # e.g. another extension's
+        seen.append(list(args["cond_or_uncond"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    p.sd_model.forge_objects.unet.set_model_unet_function_wrapper(other_wrapper)
+    setup(host, p)
+    assert p.sd_model.forge_objects.unet.model_options["model_function_wrapper"] is other_wrapper
+    assert fallback_calls(host, p, caplog) == [[0, 1], [0]] * 2 == seen
+    assert mode_lines(caplog) == [
+        "ASAG: perturbed pass in a separate call (another extension's model_function_wrapper is installed)"]
+
+
+def test_too_little_free_memory_falls_back(host, caplog, monkeypatch):
+    name = "backend.memory_management" if host.name == "forge_backend" else "ldm_patched.modules.model_management"
+    monkeypatch.setattr(importlib.import_module(name), "FREE_MEMORY", 0)
+    p = host.processing_for("sd1")
+    setup(host, p)
+    assert fallback_calls(host, p, caplog) == [[0, 1], [0]] * 2
+    assert mode_lines(caplog) == ["ASAG: perturbed pass in a separate call (not enough free memory for 6 rows)"]
+
+
+def test_unequal_and_weights_fall_back_after_the_first_step(host, caplog):
+    """The wrapper cannot see the entries' weights: the first step's appended rows are dropped, then none."""
+    caplog.set_level("INFO", logger="asag")
+    p = host.processing_for("sd1")
+    setup(host, p)
+    for step in range(2):
+        run_step(p, conds=2, weights=[0.7, 0.3], step=step)
+    calls = [c["cond_or_uncond"] for c in p.sd_model.forge_objects.unet.model.calls]
+    assert calls == [[0, 0, 1, 0, 0], [0, 0], [0, 0, 1], [0, 0]]
+    assert mode_lines(caplog) == ["ASAG: perturbed pass in a separate call (AND-prompt weights differ)"]
+
+
+def test_model_calls_of_other_post_cfg_functions_get_no_appended_rows(host):
+    """E.g. Forge's PAG, registered before ASAG, runs the cond rows again from its post-CFG function."""
+    p = host.processing_for("sd1")
+    shared = p.sd_model.forge_objects.unet
+
+    def pag_like(args):
+        d, _ = host.calc_cond_uncond_batch(args["model"], args["cond"], None, args["input"], args["sigma"],
+                                           args["model_options"])
+        return args["denoised"] + 0.0 * d
+
+    shared.set_model_sampler_post_cfg_function(pag_like)
+    setup(host, p)
+    run_step(p)
+    calls = [c["cond_or_uncond"] for c in p.sd_model.forge_objects.unet.model.calls]
+    assert calls == [[0, 1, 0], [0]]
+
+
+def test_a_failing_batched_call_reruns_the_hosts_call_and_falls_back(host, caplog):
+    caplog.set_level("INFO", logger="asag")
+    p_plain = host.processing_for("sd1")
+    p = host.processing_for("sd1")
+    params, _ = setup(host, p)
+    model = p.sd_model.forge_objects.unet.model
+    apply_model = model.apply_model
+
+    def failing_on_long_batches(x, t, **kwargs):  # e.g. out of memory on the longer batch only
+        if x.shape[0] > 2 * B:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return apply_model(x, t, **kwargs)
+
+    model.apply_model = failing_on_long_batches
+    try:
+        got = run_step(p)
+    finally:
+        del model.apply_model
+    assert [c["batch"] for c in model.calls] == [2 * B, B]  # the host's call again, then the separate one
+    from lib_asag.layers import LayerRef
+    expected, _, _ = reference_prediction(p, "sd1", params, [LayerRef("middle", 0, 0)])
+    atol = 2e-5 * float(expected.abs().max())
+    torch.testing.assert_close(got, expected.float(), atol=atol, rtol=1e-4)
+    assert any("out of memory" in line for line in mode_lines(caplog))
+    assert not torch.equal(got, run_step(p_plain))

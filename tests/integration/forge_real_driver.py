@@ -11,6 +11,10 @@ exits non-zero on any failed check. Called by test_forge_real.py.
 `backend.modules.k_model.KModel`, the real `backend.patcher.unet.UnetPatcher`,
 `backend.sampling.sampling_function.sampling_function_inner`, and a real Flux model for the refusal.
 
+Each checkout runs both modes of the perturbed pass: "separate" cases install a recording
+`model_function_wrapper` first (another extension's wrapper: ASAG must fall back to its own call), "batched"
+cases record the calls on `apply_model` instead (ASAG appends the cond rows to the host's one call).
+
 The reference is independent of the adapter and of lib_asag.sinkhorn: D_c, D_u and D_asag come from the host's
 own batching function on the *shared* patcher, D_asag with the chosen attn1 modules' forward overridden by a
 plain float64 Sinkhorn, then D = D_u + w (D_c - D_u) + s (D_c - D_asag).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import sys
@@ -128,11 +133,13 @@ class LdmPatched:
         self.base, self.UnetPatcher = supported_models_base.BASE, UnetPatcher
         self.version = "reForge" if hasattr(samplers, "calc_cond_batch") else "Forge ldm_patched"
 
-    def patcher(self, layout: dict, seed: int):
+    def patcher(self, layout: dict, seed: int, dtype=torch.float32):
         config = self.base(dict(layout))
         config.unet_config.update(num_heads=2, num_head_channels=-1)  # BASE adds 64-channel heads
         model = self.model_base.BaseModel(config, device="cpu")
         init_weights(model.diffusion_model, seed)
+        model.to(dtype)
+        model.diffusion_model.dtype = dtype  # BaseModel.get_dtype(): apply_model casts inputs to it
         return self.UnetPatcher(model.eval(), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
     def cond(self, tensor, strength=None):
@@ -171,7 +178,7 @@ class Backend:
         self.KModel, self.Unet, self.UnetPatcher = KModel, IntegratedUNet2DConditionModel, UnetPatcher
         self.condition, self.sampling = condition, sampling_function
 
-    def patcher(self, layout: dict, seed: int, diffusion_model=None):
+    def patcher(self, layout: dict, seed: int, diffusion_model=None, dtype=torch.float32):
         keys = ("in_channels", "out_channels", "model_channels", "num_res_blocks", "channel_mult", "transformer_depth",
                 "transformer_depth_middle", "transformer_depth_output", "context_dim", "num_heads",
                 "use_linear_in_transformer", "adm_in_channels", "use_spatial_transformer")
@@ -179,7 +186,8 @@ class Backend:
             diffusion_model = self.Unet(**{k: layout[k] for k in keys})
             init_weights(diffusion_model, seed)
         # backend/loader.py sets these on the model before wrapping it in KModel.
-        diffusion_model.storage_dtype = diffusion_model.computation_dtype = torch.float32
+        diffusion_model.to(dtype)
+        diffusion_model.storage_dtype = diffusion_model.computation_dtype = dtype
         predictor = self.Prediction(prediction_type="epsilon")
         model = self.KModel(model=diffusion_model, diffusers_scheduler=None, k_predictor=predictor, config=None)
         return self.UnetPatcher(model.eval(), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
@@ -220,6 +228,46 @@ def make_recorder(calls: list):
     return recorder
 
 
+def record_apply_model(model, calls: list) -> None:
+    """Record every apply_model call on the model instance (the host calls `model.apply_model(x, t, **c)`)."""
+    apply_model = model.apply_model
+
+    def recording(x, t, **c):
+        options = c.get("transformer_options", {})
+        calls.append({"cond_or_uncond": list(options.get("cond_or_uncond", [])), "batch": int(x.shape[0]),
+                      "attn1": sorted(map(list, options.get("patches_replace", {}).get("attn1", {})))})
+        return apply_model(x, t, **c)
+
+    model.apply_model = recording
+
+
+class ModeLines(logging.Handler):
+    """The adapter's "perturbed pass ..." log lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("ASAG: perturbed pass"):
+            self.lines.append(record.getMessage())
+
+
+def check_calls(calls, keys, n_conds, cond_scale, batched):
+    normal_rows = [0] * n_conds + ([] if cond_scale == 1.0 else [1])
+    if batched:  # one call: the host's rows, then one cond chunk per cond entry with ASAG's patch
+        assert len(calls) == 1, calls
+        assert sorted(calls[0]["cond_or_uncond"][:len(normal_rows)]) == normal_rows, calls
+        assert calls[0]["cond_or_uncond"][len(normal_rows):] == [0] * n_conds, calls
+        assert calls[0]["batch"] == B * (len(normal_rows) + n_conds) and calls[0]["attn1"] == keys, calls
+        return
+    assert calls[0]["attn1"] == [] and sorted(calls[0]["cond_or_uncond"]) == normal_rows
+    perturbed = calls[1:]
+    assert perturbed and all(c["cond_or_uncond"] == [0] * len(c["cond_or_uncond"]) for c in perturbed), perturbed
+    assert sum(c["batch"] for c in perturbed) == B * n_conds
+    assert all(c["attn1"] == keys for c in perturbed), (perturbed, keys)
+
+
 def reference(api, shared, params, refs, x, sigma, uncond, cond, cond_scale):
     from lib_asag import layers
     modules = layers.find_self_attention(shared.model.diffusion_model)
@@ -243,12 +291,19 @@ def reference(api, shared, params, refs, x, sigma, uncond, cond, cond_scale):
     return guided + params.scale * (d_c - d_asag), guided
 
 
-def check_case(api, adapter_cls, layout, spec, cond_scale, n_conds, seed):
+def check_case(api, adapter_cls, layout, spec, cond_scale, n_conds, seed, batched=False):
     from lib_asag import layers
     from lib_asag.params import ASAGParams
-    shared = api.patcher(layout, seed)
+    # Batched cases run in float64: the host's call then has more rows, and in float32 that alone changes the
+    # rounding (GEMM blocking, attention chunking) by ~1e-7, which this tiny random net amplifies beyond the
+    # tolerance (float64: batched and separate modes agree bit for bit). ASAG's Sinkhorn plan stays float32.
+    dtype = torch.float64 if batched else torch.float32
+    shared = api.patcher(layout, seed, dtype=dtype)
     calls: list[dict] = []
-    shared.model_options["model_function_wrapper"] = make_recorder(calls)
+    if batched:
+        record_apply_model(shared.model, calls)
+    else:
+        shared.model_options["model_function_wrapper"] = make_recorder(calls)
     before = copy.deepcopy({k: v for k, v in shared.model_options.items() if k != "model_function_wrapper"})
     objects = SimpleNamespace(unet=shared)
     sd_model = SimpleNamespace(forge_objects=objects, is_sdxl=layout is SDXL)
@@ -263,13 +318,21 @@ def check_case(api, adapter_cls, layout, spec, cond_scale, n_conds, seed):
     assert clone is not shared and clone.model is shared.model
 
     g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(B, 4, 8, 8, generator=g) * SIGMA
-    sigma = torch.full((B,), SIGMA)
-    uncond = [api.cond(torch.randn(B, 6, 32, generator=g))]
-    weights = [0.7, 0.3][:n_conds] if n_conds > 1 else [None]
-    cond = [api.cond(torch.randn(B, 6, 32, generator=g), w) for w in weights]
-    with torch.no_grad():
-        got = api.sample(clone, x, sigma, uncond, cond, cond_scale)
+    x = (torch.randn(B, 4, 8, 8, generator=g) * SIGMA).to(dtype)
+    sigma = torch.full((B,), SIGMA, dtype=dtype)
+    uncond = [api.cond(torch.randn(B, 6, 32, generator=g).to(dtype))]
+    weights = ([0.5] * n_conds if batched else [0.7, 0.3][:n_conds]) if n_conds > 1 else [None]
+    cond = [api.cond(torch.randn(B, 6, 32, generator=g).to(dtype), w) for w in weights]
+    handler = ModeLines()
+    logging.getLogger("asag").addHandler(handler)
+    logging.getLogger("asag").setLevel(logging.INFO)
+    try:
+        with torch.no_grad():
+            got = api.sample(clone, x, sigma, uncond, cond, cond_scale)
+    finally:
+        logging.getLogger("asag").removeHandler(handler)
+        if batched:
+            del shared.model.apply_model
     adapter.teardown(p)
     assert sd_model.forge_objects.unet is shared
 
@@ -278,20 +341,19 @@ def check_case(api, adapter_cls, layout, spec, cond_scale, n_conds, seed):
     refs = layers.resolve_layers(params.layer_spec("sdxl" if layout is SDXL else "sd1"),
                                  layers.find_self_attention(shared.model.diffusion_model))
     keys = sorted(list(ref.patch_key) for ref in refs)
-    normal_rows = [0] * n_conds + ([] if cond_scale == 1.0 else [1])
-    assert calls[0]["attn1"] == [] and sorted(calls[0]["cond_or_uncond"]) == normal_rows
-    perturbed = calls[1:]
-    assert perturbed and all(c["cond_or_uncond"] == [0] * len(c["cond_or_uncond"]) for c in perturbed), perturbed
-    assert sum(c["batch"] for c in perturbed) == B * n_conds
-    assert all(c["attn1"] == keys for c in perturbed), (perturbed, keys)
+    check_calls(calls, keys, n_conds, cond_scale, batched)
+    expected_line = ("ASAG: perturbed pass batched with cond/uncond" if batched else
+                     "ASAG: perturbed pass in a separate call (another extension's model_function_wrapper is installed)")
+    assert handler.lines == [expected_line], handler.lines
 
     expected, plain = reference(api, shared, params, refs, x, sigma, uncond, cond, cond_scale)
-    tol = 1.5e-4 * float(expected.abs().max())  # float32 host vs float64 reference attention
+    tol = 1.5e-4 * float(expected.abs().max())  # float32 host (and plan) vs float64 reference attention
     term = float((expected - plain).abs().max())
     error = float((got - expected.float()).abs().max())
     assert term > 100 * tol, (term, tol)  # the check can tell ASAG from plain CFG
     assert error <= tol, (error, tol)
-    return {"layout": "sdxl" if layout is SDXL else "sd1", "spec": spec, "cfg": cond_scale, "conds": n_conds,
+    return {"mode": "batched" if batched else "separate", "dtype": str(dtype)[6:], "layout": "sdxl" if layout is SDXL else "sd1",
+            "spec": spec, "cfg": cond_scale, "conds": n_conds, "calls": len(calls),
             "keys": [".".join(map(str, k)) for k in keys], "term_max": round(term, 4), "error_max": error}
 
 
@@ -326,6 +388,8 @@ def main(checkout: str, repo: str) -> None:
     cases = [(SD1, "middle", 5.0, 1), (SD1, "middle, output.2-3", 5.0, 2), (SD1, "input.1", 1.0, 1),
              (SDXL, "middle", 5.0, 1), (SDXL, "input.3.1", 5.0, 1)]
     results = [check_case(api, Adapter, *case, seed=i) for i, case in enumerate(cases)]
+    batched = [(SD1, "middle, output.2-3", 5.0, 1), (SD1, "input.1", 1.0, 2), (SDXL, "middle", 5.0, 2)]
+    results += [check_case(api, Adapter, *case, seed=i, batched=True) for i, case in enumerate(batched)]
     source = sys.modules["lib_asag.host_forge"].cond_batch_function.__code__.co_filename
     host_module = "backend.sampling.sampling_function" if is_backend else "ldm_patched.modules.samplers"
     host_file = sys.modules[host_module].__file__

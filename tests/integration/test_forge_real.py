@@ -9,7 +9,8 @@ dfdcbab6). For example, from the Forge snapshot (`fetch github:lllyasviel/stable
 
 Each checkout runs in its own process (forge_real_driver.py): a small random-weight real UNet in the real
 UnetPatcher, sampled through the host's real sampling function with ASAG's clone and post-CFG function, compared
-with an independent float64 reference. Host dependencies (psutil, torchsde; reForge: torchdiffeq; backend:
+with an independent float64 reference: 5 cases with another extension's model_function_wrapper installed (ASAG's
+separate perturbed call) and 3 without (perturbed rows batched into the host's one model call). Host dependencies (psutil, torchsde; reForge: torchdiffeq; backend:
 diffusers, transformers, tokenizers, huggingface-hub, gguf's sentencepiece) come from the environment (e.g.
 PYTHONPATH); a missing one skips that checkout and names it.
 """
@@ -45,5 +46,5 @@ def test_asag_on_real_forge_sampling(checkout):
         pytest.skip(f"{root}: host dependency missing: {json.loads(last).get('missing')}")
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(last)
-    assert len(report["cases"]) == 5
+    assert [case["mode"] for case in report["cases"]] == ["separate"] * 5 + ["batched"] * 3
     print(json.dumps(report, indent=1))

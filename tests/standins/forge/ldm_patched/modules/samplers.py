@@ -2,9 +2,9 @@
 
 Conds are lists of dicts as modules_forge/forge_sampler.py builds them ({"model_conds": {"c_crossattn": ...},
 "strength": w}); areas, masks, gligen and memory-driven splitting are left out, so every entry runs in one
-batch. Row layout, transformer_options (`cond_or_uncond`, `sigmas`), model_function_wrapper, the
-strength-weighted average, the cfg1 optimisation and the post-CFG call with its `args` keys are as in the real
-functions."""
+batch. Row layout, transformer_options (`cond_or_uncond`, `sigmas`), `c["control"]` from the entries'
+ControlNet, model_function_wrapper, the strength-weighted average, the cfg1 optimisation and the post-CFG call
+with its `args` keys are as in the real functions."""
 from __future__ import annotations
 
 import math
@@ -34,6 +34,10 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
     transformer_options["cond_or_uncond"] = cond_or_uncond[:]
     transformer_options["sigmas"] = timestep
     c = {"c_crossattn": context, "transformer_options": transformer_options}
+    control = to_run[-1][0].get("control")  # the batched entries' ControlNet (can_concat_cond: same object)
+    if control is not None:
+        c["control"] = control.get_control(input_x, timestep_, c.copy(), len(cond_or_uncond))
+        c["control_model"] = control
 
     if "model_function_wrapper" in model_options:
         output = model_options["model_function_wrapper"](model.apply_model, {"input": input_x, "timestep": timestep_, "c": c, "cond_or_uncond": cond_or_uncond}).chunk(len(to_run))

@@ -17,6 +17,11 @@ def attention_basic(q, k, v, heads, mask=None):
     return (w @ v).transpose(1, 2).reshape(b, -1, inner)
 
 
+# Real: `from backend.attention import attention_function` (pytorch, xformers, split, sub-quadratic);
+# CrossAttention.forward calls it.
+attention_function = attention_basic
+
+
 class CrossAttention(nn.Module):
     def __init__(self, query_dim, context_dim=None, heads=8, dim_head=64, dropout=0.0):
         super().__init__()
@@ -34,7 +39,7 @@ class CrossAttention(nn.Module):
         context = x if context is None else context
         k = self.to_k(context)
         v = self.to_v(context if value is None else value)
-        return self.to_out(attention_basic(q, k, v, self.heads, mask))
+        return self.to_out(attention_function(q, k, v, self.heads, mask))
 
 
 class BasicTransformerBlock(nn.Module):

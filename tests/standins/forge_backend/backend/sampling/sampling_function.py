@@ -1,6 +1,8 @@
 """Stand-in of backend/sampling/sampling_function.py (Forge dfdcbab6): calc_cond_uncond_batch and
-sampling_function_inner as in the real file but without areas, masks and memory-driven splitting;
-sampling_function reads `forge_objects.unet` at every call and returns (denoised, cond_pred, uncond_pred)."""
+sampling_function_inner as in the real file (incl. `c["control"]` and model_function_wrapper) but without
+areas, masks and memory-driven splitting;
+sampling_function reads `forge_objects.unet` at every call (its `controlnet_linked_list` goes into every entry
+as `control`) and returns (denoised, cond_pred, uncond_pred)."""
 from __future__ import annotations
 
 import math
@@ -30,6 +32,10 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
     transformer_options["cond_or_uncond"] = cond_or_uncond[:]
     transformer_options["sigmas"] = timestep
     c = {"c_crossattn": context, "transformer_options": transformer_options}
+    control = to_run[-1][0].get("control")  # the batched entries' ControlNet (can_concat_cond: same object)
+    if control is not None:
+        c["control"] = control.get_control(input_x, timestep_, c.copy(), len(cond_or_uncond))
+        c["control_model"] = control
 
     if "model_function_wrapper" in model_options:
         output = model_options["model_function_wrapper"](model.apply_model, {"input": input_x, "timestep": timestep_, "c": c, "cond_or_uncond": cond_or_uncond}).chunk(len(to_run))
@@ -89,5 +95,8 @@ def sampling_function(self, denoiser_params, cond_scale, cond_composition):
     cond = []
     for text_cond, weight in zip(denoiser_params.text_cond, cond_composition):
         cond.append({"model_conds": {"c_crossattn": text_cond}, "strength": weight})
+    if unet_patcher.controlnet_linked_list is not None:  # Forge's ControlNet travels with every cond entry
+        for h in cond + (uncond or []):
+            h["control"] = unet_patcher.controlnet_linked_list
     return sampling_function_inner(unet_patcher.model, denoiser_params.x, denoiser_params.sigma, uncond, cond,
                                    cond_scale, unet_patcher.model_options, seed=0, return_full=True)
