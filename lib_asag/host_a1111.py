@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import torch
 
 from . import guidance, layers, params as asag_params, sinkhorn
+from .adapter_base import AdapterBase, report_failure
 
 log = logging.getLogger("asag")
 _MISSING = object()
@@ -220,18 +221,7 @@ def _fail(session: _Session, error: BaseException) -> None:
     """Turn ASAG off for the rest of this pass, say so once, and keep the infotext honest."""
     session.failed = True
     session.pending = None
-    log.error("ASAG: the perturbed pass failed (%s: %s); continuing without ASAG for this image.",
-              type(error).__name__, error, exc_info=error)
-    p = session.p
-    try:
-        if session.applied_steps == 0:
-            for key in asag_params.INFOTEXT_KEYS.values():
-                p.extra_generation_params.pop(key, None)
-        else:
-            p.extra_generation_params["ASAG error"] = f"stopped after {session.applied_steps} steps"
-        p.comment(f"ASAG turned off: {type(error).__name__}: {error}")
-    except Exception:  # p without these fields: the log line is enough
-        pass
+    report_failure(session.p, session.applied_steps, error)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -317,28 +307,13 @@ def _unregister() -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 
-class Adapter:
+class Adapter(AdapterBase):
     """ASAG for A1111: `setup` per sampling pass (first pass of each batch, hires pass), `teardown` after."""
 
     name = "a1111"
 
-    def setup(self, p: Any, params: asag_params.ASAGParams) -> list[str]:
-        """Arm the callbacks for this pass. Returns problems for the user; never raises."""
-        self.teardown(p)
-        try:
-            return self._setup(p, params)
-        except Exception as e:
-            self.teardown(p)
-            log.exception("ASAG: setup failed")
-            return [f"ASAG could not start ({type(e).__name__}: {e}); generating without ASAG."]
-
-    def _setup(self, p: Any, params: asag_params.ASAGParams) -> list[str]:
+    def _install(self, p: Any, params: asag_params.ASAGParams) -> list[str]:
         global _session
-        if not params.enabled or (getattr(p, "is_hr_pass", False) and params.hires == "off"):
-            return []
-        problems = params.validate()
-        if problems:
-            return problems
         sd_model = p.sd_model
         refusal = _unsupported(sd_model)
         if refusal:

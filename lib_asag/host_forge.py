@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import guidance, layers, params as asag_params, sinkhorn
+from .adapter_base import AdapterBase, report_failure
 
 log = logging.getLogger("asag")
 
@@ -205,20 +206,7 @@ def _interrupted() -> bool:
 def _fail(session: _Session, error: BaseException) -> None:
     """Turn ASAG off for the rest of this pass, say so once, keep the infotext honest."""
     session.failed = True
-    message = f"ASAG turned off: {type(error).__name__}: {error}"
-    session.errors.append(message)
-    log.error("ASAG: the perturbed pass failed (%s: %s); continuing without ASAG for this image.",
-              type(error).__name__, error, exc_info=error)
-    p = session.p
-    try:
-        if session.applied_steps == 0:
-            for key in asag_params.INFOTEXT_KEYS.values():
-                p.extra_generation_params.pop(key, None)
-        else:
-            p.extra_generation_params["ASAG error"] = f"stopped after {session.applied_steps} steps"
-        p.comment(message)
-    except Exception:  # p without these fields: the log line is enough
-        pass
+    session.errors.append(report_failure(session.p, session.applied_steps, error))
 
 
 def _log_mode(session: _Session, reason: str | None) -> None:
@@ -467,7 +455,7 @@ def _drop_asag_functions(unet: Any) -> None:
         del unet.model_options["model_function_wrapper"]
 
 
-class Adapter:
+class Adapter(AdapterBase):
     """ASAG for Forge-family hosts: `setup` per sampling pass (first pass, hires pass), `teardown` after."""
 
     def __init__(self, host: str = "forge") -> None:
@@ -475,23 +463,8 @@ class Adapter:
             raise ValueError(f"host must be one of {HOSTS}, got {host!r}")
         self.name = host
 
-    def setup(self, p: Any, params: asag_params.ASAGParams) -> list[str]:
-        """Install ASAG on a clone of the UNet patcher for this pass. Returns user messages; never raises."""
-        self.teardown(p)
-        try:
-            return self._setup(p, params)
-        except Exception as e:
-            self.teardown(p)
-            log.exception("ASAG: setup failed")
-            return [f"ASAG could not start ({type(e).__name__}: {e}); generating without ASAG."]
-
-    def _setup(self, p: Any, params: asag_params.ASAGParams) -> list[str]:
+    def _install(self, p: Any, params: asag_params.ASAGParams) -> list[str]:
         global _session
-        if not params.enabled or (getattr(p, "is_hr_pass", False) and params.hires == "off"):
-            return []
-        problems = params.validate()
-        if problems:
-            return problems
         sd_model = p.sd_model
         unet = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
         if unet is None:

@@ -1,0 +1,52 @@
+"""What every host adapter does the same way around its own setup: never raise into a generation,
+and decide before touching the host whether this pass needs ASAG at all."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import params as asag_params
+
+log = logging.getLogger("asag")
+
+
+def report_failure(p: Any, applied_steps: int, error: BaseException) -> str:
+    """Log a failed perturbed pass and keep the image's infotext honest: no ASAG keys if no step was
+    guided, else `ASAG error: stopped after N steps`. Returns the message shown under the image."""
+    message = f"ASAG turned off: {type(error).__name__}: {error}"
+    log.error("ASAG: the perturbed pass failed (%s: %s); continuing without ASAG for this image.",
+              type(error).__name__, error, exc_info=error)
+    try:
+        if applied_steps == 0:
+            for key in asag_params.INFOTEXT_KEYS.values():
+                p.extra_generation_params.pop(key, None)
+        else:
+            p.extra_generation_params["ASAG error"] = f"stopped after {applied_steps} steps"
+        p.comment(message)
+    except Exception:  # p without these fields: the log line is enough
+        pass
+    return message
+
+
+class AdapterBase:
+    """Subclasses implement `_install(p, params) -> list[str]` and `teardown(p)` (idempotent)."""
+
+    name = ""
+
+    def setup(self, p: Any, params: asag_params.ASAGParams) -> list[str]:
+        """Arm ASAG for this sampling pass. Returns messages for the user; never raises."""
+        self.teardown(p)
+        try:
+            if not params.enabled or (getattr(p, "is_hr_pass", False) and params.hires == "off"):
+                return []
+            return params.validate() or self._install(p, params)
+        except Exception as e:
+            self.teardown(p)
+            log.exception("ASAG: setup failed")
+            return [f"ASAG could not start ({type(e).__name__}: {e}); generating without ASAG."]
+
+    def _install(self, p: Any, params: asag_params.ASAGParams) -> list[str]:
+        raise NotImplementedError
+
+    def teardown(self, p: Any = None) -> None:
+        raise NotImplementedError
