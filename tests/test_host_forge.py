@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lib_asag.params import ASAGParams
+from sinkhorn_reference import sinkhorn_attention_reference
 
 HOSTS = ("forge", "forge_backend")
 B, SIGMA, CFG = 2, 2.5, 5.0
@@ -61,20 +62,6 @@ def run_step(p, cond_scale=CFG, seed=1, conds=1, weights=None, step=0, total=4):
         return denoiser.forward(x, sigma, uncond, cond, cond_scale, weights)
 
 
-def naive_sinkhorn_attention(q, k, v, heads, iterations, epsilon):
-    """Adversarial Sinkhorn attention straight from docs/method.md, float64, no stabilisation tricks."""
-    b, n_q, inner = q.shape
-    d = inner // heads
-    q, k, v = (t.double().reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    log_p = -(q @ k.transpose(-1, -2)) / math.sqrt(d) / epsilon
-    n_k = log_p.shape[-1]
-    for _ in range(iterations):
-        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
-        log_p = log_p - torch.logsumexp(log_p, dim=-2, keepdim=True) + math.log(n_q / n_k)
-    plan = torch.softmax(log_p, dim=-1)
-    return (plan @ v.double()).transpose(1, 2).reshape(b, n_q, inner)
-
-
 def attn1_modules(unet_patcher, refs):
     modules = dict(unet_patcher.model.diffusion_model.named_modules())
     return [modules[ref.module_path] for ref in refs]
@@ -95,7 +82,7 @@ def reference_prediction(p, family, params: ASAGParams, refs, cond_scale=CFG, se
         saved = []
         for module in attn1_modules(unet, refs):
             def forward(x_, context=None, value=None, mask=None, transformer_options=None, m=module):
-                out = naive_sinkhorn_attention(m.to_q(x_), m.to_k(x_), m.to_v(x_), m.heads, params.iterations,
+                out = sinkhorn_attention_reference(m.to_q(x_), m.to_k(x_), m.to_v(x_), m.heads, params.iterations,
                                                params.epsilon)
                 return m.to_out(out.to(x_.dtype))
             saved.append(module)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from lib_asag import sinkhorn
 from lib_asag.sinkhorn import adversarial_sinkhorn_attention, sinkhorn_plan
+from sinkhorn_reference import reference_attention, reference_plan
 from tensor_memory import PeakTensorMemory
 
 
@@ -23,32 +24,9 @@ def _pot_plan(scores: torch.Tensor, epsilon: float) -> np.ndarray:
     return plan * n_q
 
 
-def _reference_plan(scores: torch.Tensor, iterations: int, epsilon: float) -> torch.Tensor:
-    """Textbook float64 log-domain Sinkhorn: rows to 1, columns to N_q/N_k, final row step."""
-    n_q, n_k = scores.shape
-    log_p = -scores.double() / epsilon
-    for _ in range(iterations):
-        log_p = log_p - torch.logsumexp(log_p, 1, keepdim=True)
-        log_p = log_p - torch.logsumexp(log_p, 0, keepdim=True) + math.log(n_q / n_k)
-    return torch.softmax(log_p, 1)
-
-
 def _entropy(rows: torch.Tensor) -> torch.Tensor:
     rows = rows.double()
     return -(rows * rows.clamp_min(1e-300).log()).sum(-1)
-
-
-def _reference_attention(q, k, v, heads, weights_fn):
-    """Plain per-head attention with an explicit weight matrix, written independently of the module."""
-    b, n_q, inner = q.shape
-    d = inner // heads
-    out = torch.empty(b, n_q, inner, dtype=torch.float64)
-    for i in range(b):
-        for h in range(heads):
-            cols = slice(h * d, (h + 1) * d)
-            s = q[i, :, cols].double() @ k[i, :, cols].double().T / math.sqrt(d)
-            out[i, :, cols] = weights_fn(s) @ v[i, :, cols].double()
-    return out
 
 
 @pytest.mark.parametrize("n_q,n_k,epsilon", [(6, 6, 0.5), (9, 4, 1.0), (3, 11, 2.0), (32, 32, 0.3)])
@@ -126,7 +104,7 @@ def test_attention_matches_reference(heads, dim_head, n_q, n_k):
     k = torch.randn(2, n_k, heads * dim_head, generator=g)
     v = torch.randn(2, n_k, heads * dim_head, generator=g)
     out = adversarial_sinkhorn_attention(q, k, v, heads=heads, iterations=4, epsilon=0.7)
-    ref = _reference_attention(q, k, v, heads, lambda s: _reference_plan(s, 4, 0.7))
+    ref = reference_attention(q, k, v, heads, lambda s: reference_plan(s, 4, 0.7))
     assert out.shape == q.shape and out.dtype == q.dtype
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
 
@@ -136,7 +114,7 @@ def test_attention_converged_matches_pot_per_head():
     g = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(1, n, heads * d, generator=g) for _ in range(3))
     out = adversarial_sinkhorn_attention(q, k, v, heads=heads, iterations=3000, epsilon=0.5)
-    ref = _reference_attention(q, k, v, heads, lambda s: torch.from_numpy(_pot_plan(s, 0.5)))
+    ref = reference_attention(q, k, v, heads, lambda s: torch.from_numpy(_pot_plan(s, 0.5)))
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
 
 

@@ -7,7 +7,8 @@ import torch
 
 from lib_asag import sinkhorn
 from lib_asag.sinkhorn import adversarial_sinkhorn_attention, sinkhorn_plan
-from test_sinkhorn import _pot_plan, _reference_attention, _reference_plan
+from sinkhorn_reference import reference_attention, reference_plan
+from test_sinkhorn import _pot_plan
 
 
 @pytest.fixture(params=["scaling", "log_domain", "unfused"])
@@ -21,12 +22,12 @@ def sinkhorn_path(request, monkeypatch):
 
 
 @pytest.mark.parametrize("heads,dim_head,n_q,n_k", [(8, 40, 64, 64), (5, 64, 17, 77), (20, 64, 33, 9)])
-def test_every_path_matches_reference_attention(sinkhorn_path, heads, dim_head, n_q, n_k):
+def test_every_path_matchesreference_attention(sinkhorn_path, heads, dim_head, n_q, n_k):
     g = torch.Generator().manual_seed(heads * n_q)
     q, k, v = (torch.randn(2, n, heads * dim_head, generator=g) for n in (n_q, n_k, n_k))
     for iterations in (0, 4):
         out = adversarial_sinkhorn_attention(q, k, v, heads=heads, iterations=iterations, epsilon=0.7)
-        ref = _reference_attention(q, k, v, heads, lambda s: _reference_plan(s, iterations, 0.7))
+        ref = reference_attention(q, k, v, heads, lambda s: reference_plan(s, iterations, 0.7))
         torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
 
 
@@ -56,7 +57,7 @@ def test_heads_needing_log_domain_mix_with_fast_heads():
     scale = torch.ones(heads * d)
     scale[d:2 * d] = scale[4 * d:5 * d] = 12.0
     q, k = q * scale, k * scale
-    ref = _reference_attention(q, k, v, heads, lambda s: _reference_plan(s, 3, 0.5))
+    ref = reference_attention(q, k, v, heads, lambda s: reference_plan(s, 3, 0.5))
     for chunk_mb in (1e6, 0.02, 1e-6):
         out = adversarial_sinkhorn_attention(q, k, v, heads=heads, iterations=3, epsilon=0.5, chunk_mb=chunk_mb)
         torch.testing.assert_close(out.double(), ref, atol=5e-5, rtol=1e-4)
@@ -73,4 +74,4 @@ def test_scaling_guard_under_flush_to_zero():
         plan = sinkhorn_plan(scores, iterations=3, epsilon=1.0)
     finally:
         torch.set_flush_denormal(False)
-    torch.testing.assert_close(plan.double(), _reference_plan(scores, 3, 1.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(plan.double(), reference_plan(scores, 3, 1.0), atol=1e-6, rtol=0)

@@ -35,20 +35,6 @@ import torch
 SIGMA, B = 2.0, 2
 
 
-def naive_sinkhorn_attention(q, k, v, heads, iterations, epsilon):
-    """Adversarial Sinkhorn attention straight from docs/method.md, float64."""
-    b, n_q, inner = q.shape
-    d = inner // heads
-    q, k, v = (t.double().reshape(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    log_p = -(q @ k.transpose(-1, -2)) / math.sqrt(d) / epsilon
-    n_k = log_p.shape[-1]
-    for _ in range(iterations):
-        log_p = log_p - torch.logsumexp(log_p, dim=-1, keepdim=True)
-        log_p = log_p - torch.logsumexp(log_p, dim=-2, keepdim=True) + math.log(n_q / n_k)
-    plan = torch.softmax(log_p, dim=-1)
-    return (plan @ v.double()).transpose(1, 2).reshape(b, n_q, inner)
-
-
 def init_weights(model: torch.nn.Module, seed: int) -> None:
     """Forge builds layers with `disable_weight_init` ops (uninitialised memory): give every weight a value."""
     g = torch.Generator().manual_seed(seed)
@@ -270,6 +256,7 @@ def check_calls(calls, keys, n_conds, cond_scale, batched):
 
 def reference(api, shared, params, refs, x, sigma, uncond, cond, cond_scale):
     from lib_asag import layers
+    from sinkhorn_reference import sinkhorn_attention_reference
     modules = layers.find_self_attention(shared.model.diffusion_model)
     options = {k: v for k, v in shared.model_options.items() if k != "model_function_wrapper"}
     with torch.no_grad():
@@ -278,7 +265,7 @@ def reference(api, shared, params, refs, x, sigma, uncond, cond, cond_scale):
         patched = [modules[ref] for ref in refs]
         for m in patched:
             def forward(x_, context=None, value=None, mask=None, transformer_options=None, m=m):
-                out = naive_sinkhorn_attention(m.to_q(x_), m.to_k(x_), m.to_v(x_), m.heads, params.iterations,
+                out = sinkhorn_attention_reference(m.to_q(x_), m.to_k(x_), m.to_v(x_), m.heads, params.iterations,
                                                params.epsilon)
                 return m.to_out(out.to(x_.dtype))
             m.forward = forward
@@ -374,7 +361,7 @@ MISSING_DEPENDENCY = 3
 
 
 def main(checkout: str, repo: str) -> None:
-    sys.path[:0] = [checkout, repo]
+    sys.path[:0] = [checkout, repo, os.path.join(repo, "tests")]
     torch.manual_seed(0)
     is_backend = os.path.isfile(os.path.join(checkout, "backend", "patcher", "base.py"))
     try:

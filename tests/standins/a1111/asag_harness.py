@@ -1,5 +1,5 @@
 """Test helpers for the A1111 adapter tests (not a host module): conds, a sampling run through the
-stand-in sampler, and an independent reference of CFG + ASAG (written from the method spec, not lib_asag).
+stand-in sampler, and an independent reference of CFG + ASAG (tests/sinkhorn_reference.py, not lib_asag).
 
 The reference runs the plain stand-in model row by row for D_u and D_c, and a deep copy of it whose chosen
 attn1 layers compute a textbook float64 Sinkhorn for D_asag, then applies
@@ -9,7 +9,6 @@ over the conds j of image i (AND-prompt weights w_j), with the host's mask blend
 from __future__ import annotations
 
 import copy
-import math
 import types
 from dataclasses import dataclass, field
 
@@ -20,20 +19,10 @@ def sinkhorn_reference_forward(iterations: int, epsilon: float):
     """attn1 forward: float64 log-domain Sinkhorn on cost +QK^T/sqrt(d), uniform marginals, final row step."""
 
     def forward(self, x, context=None, mask=None, **kwargs):
+        from sinkhorn_reference import sinkhorn_attention_reference  # tests/ is on sys.path under pytest
         ctx = x if context is None else context
-        q, k, v = (t.double() for t in (self.to_q(x), self.to_k(ctx), self.to_v(ctx)))
-        b, n_q, inner = q.shape
-        n_k, h = k.shape[1], self.heads
-        d = inner // h
-        out = torch.empty(b, n_q, inner, dtype=torch.float64)
-        for i in range(b):
-            for head in range(h):
-                cols = slice(head * d, (head + 1) * d)
-                log_p = -(q[i, :, cols] @ k[i, :, cols].T) / math.sqrt(d) / epsilon
-                for _ in range(iterations):
-                    log_p = log_p - torch.logsumexp(log_p, 1, keepdim=True)
-                    log_p = log_p - torch.logsumexp(log_p, 0, keepdim=True) + math.log(n_q / n_k)
-                out[i, :, cols] = torch.softmax(log_p, 1) @ v[i, :, cols]
+        out = sinkhorn_attention_reference(self.to_q(x), self.to_k(ctx), self.to_v(ctx), self.heads, iterations,
+                                           epsilon)
         return self.to_out(out.to(x.dtype))
 
     return forward
