@@ -10,6 +10,14 @@ from . import params as asag_params
 log = logging.getLogger("asag")
 
 
+def edit_model_refusal(sd_model: Any) -> str | None:
+    """InstructPix2Pix-style models (`cond_stage_key == "edit"` in ldm and in Forge) are refused on every host."""
+    if getattr(sd_model, "cond_stage_key", None) == "edit":
+        return ("ASAG does not support edit models (InstructPix2Pix): their CFG mixes image and text "
+                "guidance. Generating without ASAG.")
+    return None
+
+
 def report_failure(p: Any, applied_steps: int, error: BaseException) -> str:
     """Log a failed perturbed pass and keep the image's infotext honest: no ASAG keys if no step was
     guided, else `ASAG error: stopped after N steps`. Returns the message shown under the image."""

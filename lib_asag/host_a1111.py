@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 
 from . import guidance, layers, params as asag_params, sinkhorn
-from .adapter_base import AdapterBase, report_failure
+from .adapter_base import AdapterBase, edit_model_refusal, report_failure
 
 log = logging.getLogger("asag")
 _MISSING = object()
@@ -41,9 +41,9 @@ def _unet(sd_model: Any) -> torch.nn.Module:
 
 
 def _unsupported(sd_model: Any) -> str | None:
-    if getattr(sd_model, "cond_stage_key", None) == "edit":
-        return ("ASAG does not support edit models (InstructPix2Pix): their CFG mixes image and text "
-                "guidance. Generating without ASAG.")
+    refusal = edit_model_refusal(sd_model)
+    if refusal:
+        return refusal
     if getattr(sd_model, "is_sd3", False):
         return "ASAG supports SD1.x, SD2.x and SDXL UNets in A1111, not SD3. Generating without ASAG."
     return None

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import guidance, layers, params as asag_params, sinkhorn
-from .adapter_base import AdapterBase, report_failure
+from .adapter_base import AdapterBase, edit_model_refusal, report_failure
 
 log = logging.getLogger("asag")
 
@@ -435,9 +435,9 @@ def _install(clone: Any, session: _Session) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 def _unsupported(sd_model: Any, diffusion_model: Any, available: dict) -> str | None:
-    if getattr(sd_model, "cond_stage_key", None) == "edit":
-        return ("ASAG does not support edit models (InstructPix2Pix): their CFG mixes image and text "
-                "guidance. Generating without ASAG.")
+    refusal = edit_model_refusal(sd_model)
+    if refusal:
+        return refusal
     if not available:
         kind = type(diffusion_model).__name__
         return (f"ASAG needs a UNet with self-attention layers (SD1.x, SD2.x, SDXL); this model ({kind}) has "
