@@ -1,13 +1,17 @@
 """Which self-attention layers ASAG perturbs: names, the grammar users type, presets per family.
 
-A layer is one `attn1` of a `BasicTransformerBlock` in the SD UNet (ldm, sgm, ldm_patched and
-Forge's backend all share the module layout). Users name them as
+In a UNet a layer is one `attn1` of a `BasicTransformerBlock` (ldm, sgm, ldm_patched and Forge's
+backend all share the module layout). In a diffusion transformer it is the joint attention of one
+block: `joint_blocks.N` (MMDiT: SD3, SD3.5), `double_blocks.N` / `single_blocks.N` (Flux, Chroma).
+Users name them as
 
     middle            every transformer block of the middle block
     middle.0          transformer block 0 of the middle block
     input.7           every transformer block of input block 7
     output.0-2        output blocks 0, 1 and 2 (only those that have self-attention)
     input.7.1         input block 7, transformer block 1
+    joint.7-9         MMDiT joint blocks 7, 8 and 9
+    double.0-18       Flux/Chroma double-stream blocks; single.0-37 likewise
     all               everything
 
 comma (or semicolon) separated; `in`/`down`, `mid`, `out`/`up` are accepted as aliases. A full module
@@ -21,10 +25,14 @@ from typing import Iterable, Mapping
 
 import torch
 
-BLOCKS = ("input", "middle", "output")
+UNET_BLOCKS = ("input", "middle", "output")
+DIT_BLOCKS = ("joint", "double", "single")
+BLOCKS = UNET_BLOCKS + DIT_BLOCKS
 _ALIASES = {"input": "input", "in": "input", "down": "input", "middle": "middle", "mid": "middle",
-            "output": "output", "out": "output", "up": "output"}
+            "output": "output", "out": "output", "up": "output", "joint": "joint", "double": "double",
+            "single": "single"}
 _MODULE_RE = re.compile(r"(?:^|\.)(?:(input|output)_blocks\.(\d+)|(middle)_block)\.\d+\.transformer_blocks\.(\d+)\.attn1$")
+_DIT_MODULE_RE = re.compile(r"(?:^|\.)(joint|double|single)_blocks\.(\d+)$")
 _RANGE = r"(\d+)(?:-(\d+))?"
 _TOKEN_RE = re.compile(rf"^([a-z]+)(?:\.{_RANGE}(?:\.{_RANGE})?)?$")
 
@@ -34,8 +42,12 @@ PRESETS: dict[str, dict[str, str]] = {
     "sd2": {"middle": "middle", "middle + output.3-5": "middle, output.3-5", "all": "all"},
     # SDXL middle block: ten transformer blocks at the lowest resolution.
     "sdxl": {"middle": "middle", "middle + output.0": "middle, output.0", "all": "all"},
+    # Diffusion transformers: blocks 7-9, the skip-layer-guidance practice (docs/method.md).
+    "sd3": {"joint.7-9": "joint.7-9", "all": "all"},
+    "flux": {"double.7-9": "double.7-9", "double.7-9 + single.7-9": "double.7-9, single.7-9", "all": "all"},
+    "chroma": {"double.7-9": "double.7-9", "double.7-9 + single.7-9": "double.7-9, single.7-9", "all": "all"},
 }
-DEFAULT_PRESET = "middle"
+DEFAULT_PRESET = "middle"  # the UNet default; each family's default is the first entry of its presets
 
 
 class LayerSpecError(ValueError):
@@ -53,10 +65,19 @@ class LayerRef:
     def __post_init__(self) -> None:
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
+        if self.is_dit and self.index != 0:
+            raise ValueError(f"a {self.block} block has one attention, index must be 0, got {self.index}")
+
+    @property
+    def is_dit(self) -> bool:
+        """A transformer block's joint attention rather than a UNet attn1."""
+        return self.block in DIT_BLOCKS
 
     @property
     def module_path(self) -> str:
-        """Path of the attn1 module under `model.diffusion_model`."""
+        """Path of the attn1 module (UNet) or of the block (DiT) under `model.diffusion_model`."""
+        if self.is_dit:
+            return f"{self.block}_blocks.{self.block_id}"
         parent = "middle_block" if self.block == "middle" else f"{self.block}_blocks.{self.block_id}"
         return f"{parent}.1.transformer_blocks.{self.index}.attn1"
 
@@ -66,11 +87,16 @@ class LayerRef:
         return (self.block, self.block_id, self.index)
 
     def __str__(self) -> str:
+        if self.is_dit:
+            return f"{self.block}.{self.block_id}"
         return f"middle.{self.index}" if self.block == "middle" else f"{self.block}.{self.block_id}.{self.index}"
 
 
 def layer_from_module_name(name: str) -> LayerRef | None:
-    """The LayerRef of a module name from `named_modules()`, or None if it is no UNet attn1."""
+    """The LayerRef of a module name from `named_modules()`, or None if it is no UNet attn1 / DiT block."""
+    dit = _DIT_MODULE_RE.search(name)
+    if dit is not None:
+        return LayerRef(dit.group(1), int(dit.group(2)), 0)
     match = _MODULE_RE.search(name)
     if match is None:
         return None
@@ -83,7 +109,7 @@ def layers_from_module_names(names: Iterable[str]) -> list[LayerRef]:
 
 
 def find_self_attention(diffusion_model: torch.nn.Module) -> dict[LayerRef, torch.nn.Module]:
-    """Every UNet self-attention module of a model, keyed by LayerRef."""
+    """Every UNet attn1 module, or every DiT block (joint/double/single), of a model, keyed by LayerRef."""
     found = {}
     for name, module in diffusion_model.named_modules():
         ref = layer_from_module_name(name)
@@ -111,9 +137,13 @@ def _matcher(token: str):
     match = _TOKEN_RE.match(token)
     if match is None or match.group(1) not in _ALIASES:
         raise LayerSpecError(f"cannot read ASAG layer {token!r}; write e.g. 'middle', 'input.7', "
-                             "'output.0-2', 'input.7.1' or 'all'")
+                             "'output.0-2', 'input.7.1', 'joint.7-9', 'double.0-18', 'single.3' or 'all'")
     block = _ALIASES[match.group(1)]
     first, second = _span(match.group(2), match.group(3)), _span(match.group(4), match.group(5))
+    if block in DIT_BLOCKS:
+        if second is not None:
+            raise LayerSpecError(f"{token!r}: a {block} block takes one number (or range), the block index")
+        return lambda ref: ref.block == block and (first is None or ref.block_id in first)
     if block == "middle":
         if second is not None:
             raise LayerSpecError(f"{token!r}: the middle block takes one number, its transformer index")
@@ -178,19 +208,32 @@ def is_preset(name: str) -> bool:
     return any(name.strip() in presets for presets in PRESETS.values())
 
 
+def default_preset(family: str) -> str:
+    """The preset used when no layers are given: the first of the family's presets."""
+    return next(iter(PRESETS.get(family, PRESETS["sd1"])))
+
+
 def preset_spec(family: str, name_or_spec: str) -> str:
-    """Expand a preset name of `family` (empty = the default preset); anything else is a spec."""
+    """Expand a preset name of `family` (empty = the family's default preset); anything else is a spec."""
     presets: Mapping[str, str] = PRESETS.get(family, PRESETS["sd1"])
-    key = name_or_spec.strip() or DEFAULT_PRESET
+    key = name_or_spec.strip() or default_preset(family)
     return presets.get(key, key)
 
 
 def model_family(sd_model: object, available: Iterable[LayerRef] = ()) -> str:
-    """'sdxl' | 'sd2' | 'sd1' from the flags the hosts set on the loaded model (A1111
-    modules/sd_models.py load_model, Forge forge_loader.py / backend/diffusion_engine), else from the
-    layout: only SDXL has several transformer blocks in the middle block."""
-    for flag, family in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1")):
+    """'sdxl' | 'sd2' | 'sd1' | 'sd3' | 'flux' | 'chroma' from the flags the hosts set on the loaded
+    model (A1111 modules/sd_models.py load_model, Forge forge_loader.py / backend/diffusion_engine),
+    else from the layout: joint blocks = MMDiT, double/single blocks = Flux, and only SDXL has several
+    transformer blocks in the middle block."""
+    for flag, family in (("is_chroma", "chroma"), ("is_flux", "flux"), ("is_sd3", "sd3"), ("is_sdxl", "sdxl"),
+                         ("is_sd2", "sd2"), ("is_sd1", "sd1")):
         if getattr(sd_model, flag, False):
             return family
+    available = list(available)
+    blocks = {ref.block for ref in available}
+    if "joint" in blocks:
+        return "sd3"
+    if blocks & {"double", "single"}:
+        return "flux"
     middle = [ref for ref in available if ref.block == "middle"]
     return "sdxl" if len(middle) > 1 else "sd1"

@@ -264,22 +264,41 @@ def adversarial_sinkhorn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     """Drop-in for `softmax(QK^T/sqrt(d)) V` with the adversarial Sinkhorn plan in place of softmax.
 
     q: (B, N_q, heads*d); k, v: (B, N_k, heads*d), the projected tensors hosts hand to attention
-    functions. Returns (B, N_q, heads*d) in q's dtype; the caller applies the output projection."""
-    _check(iterations, epsilon)
-    batch, n_q, inner = q.shape
-    n_k = k.shape[1]
+    functions (UNet attn1, MMDiT's joint `attention(q, k, v, heads)`). Returns (B, N_q, heads*d) in q's
+    dtype; the caller applies the output projection."""
+    batch, _, inner = q.shape
     if inner % heads:
         raise ValueError(f"inner dim {inner} is not divisible by {heads} heads")
-    dim_head = inner // heads
-    q_h, k_h, v_h = _heads(q, heads), _heads(k, heads), _heads(v, heads)
+    out = _attend_items(_heads(q, heads), _heads(k, heads), _heads(v, heads), iterations=iterations,
+                        epsilon=epsilon, tol=tol, chunk_mb=chunk_mb)
+    return _merge_heads(out, batch, heads, q.dtype)
+
+
+def adversarial_sinkhorn_attention_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, iterations: int,
+                                         epsilon: float, tol: float | None = None,
+                                         chunk_mb: float = DEFAULT_CHUNK_MB) -> torch.Tensor:
+    """The same for head-major tensors, as Flux-style attention receives them after QK-norm and RoPE.
+
+    q: (B, heads, N_q, d); k, v: (B, heads, N_k, d). Returns (B, heads, N_q, d) in q's dtype."""
+    batch, heads, n_q, dim_head = q.shape
+    flat = [t.reshape(batch * heads, t.shape[2], dim_head) for t in (q, k, v)]
+    out = _attend_items(*flat, iterations=iterations, epsilon=epsilon, tol=tol, chunk_mb=chunk_mb)
+    return out.view(batch, heads, n_q, dim_head).to(q.dtype)
+
+
+def _attend_items(q_h: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor, *, iterations: int, epsilon: float,
+                  tol: float | None, chunk_mb: float) -> torch.Tensor:
+    """Adversarial Sinkhorn attention over items (batch x heads): (items, N, d) -> float32 (items, N_q, d)."""
+    _check(iterations, epsilon)
+    items, n_q, dim_head = q_h.shape
+    n_k = k_h.shape[1]
     # Fold 1/sqrt(d) and -1/epsilon into q so the matmul yields the log-kernel directly.
     factor = -1.0 / (math.sqrt(dim_head) * epsilon)
-    items = q_h.shape[0]
-    out = torch.empty(items, n_q, dim_head, dtype=torch.float32, device=q.device)
-    if q.device.type == "cpu":
+    out = torch.empty(items, n_q, dim_head, dtype=torch.float32, device=q_h.device)
+    if q_h.device.type == "cpu":
         chunk_mb = min(chunk_mb, _CPU_CHUNK_MB)
     step = _chunk_size(items, n_q, n_k, chunk_mb, _MATRICES_FAST)
-    buffers = _ChunkBuffers(min(step, items), n_q, n_k, dim_head, k, v)
+    buffers = _ChunkBuffers(min(step, items), n_q, n_k, dim_head, k_h, v_h)
     redo = []
     for start in range(0, items, step):
         part, size = slice(start, start + step), min(step, items - start)
@@ -292,4 +311,4 @@ def adversarial_sinkhorn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     for start in range(0, len(redo_items), step):
         idx = redo_items[start:start + step]
         out[idx] = _attend_log_domain(q_h[idx], k_h[idx], v_h[idx], factor, iterations, tol)
-    return _merge_heads(out, batch, heads, q.dtype)
+    return out

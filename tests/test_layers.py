@@ -114,3 +114,84 @@ def test_model_family_from_host_flags_then_layout(sd1, sdxl):
     assert model_family(Model(is_sd1=True), sdxl) == "sd1"
     assert model_family(Model(), sdxl) == "sdxl"  # no flags (e.g. Forge backend): ten middle blocks
     assert model_family(Model(), sd1) == "sd1"
+
+
+# --- diffusion transformers --------------------------------------------------------------------------------
+# Block names as in the hosts' DiT classes: MMDiT `joint_blocks` (A1111 modules/models/sd3/mmdit.py MMDiT,
+# Forge backend/nn/mmditx.py MMDiTX), Flux/Chroma `double_blocks` / `single_blocks` (Forge backend/nn/flux.py
+# IntegratedFluxTransformer2DModel, backend/nn/chroma.py IntegratedChromaTransformer2DModel).
+
+def _dit(**counts: int):
+    from torch import nn
+    model = nn.Module()
+    for kind, n in counts.items():
+        setattr(model, f"{kind}_blocks", nn.ModuleList(nn.Sequential(nn.Identity()) for _ in range(n)))
+    return model
+
+
+def test_dit_blocks_are_found_by_name():
+    sd3 = find_self_attention(_dit(joint=24))
+    assert list(sd3) == [LayerRef("joint", i, 0) for i in range(24)]
+    flux = find_self_attention(_dit(double=19, single=38))
+    assert len(flux) == 57 and LayerRef("single", 37, 0) in flux
+    assert layer_from_module_name("model.diffusion_model.joint_blocks.3") == LayerRef("joint", 3, 0)
+    assert layer_from_module_name("joint_blocks.3.context_block.attn") is None  # only the block itself
+    assert str(LayerRef("double", 4, 0)) == "double.4" and LayerRef("single", 2, 0).module_path == "single_blocks.2"
+    with pytest.raises(ValueError):
+        LayerRef("joint", 1, 1)
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("joint.7-9", ["joint.7", "joint.8", "joint.9"]),
+    ("joint.0, joint.23", ["joint.0", "joint.23"]),
+    ("JOINT.5;joint.5", ["joint.5"]),
+    ("joint_blocks.2", ["joint.2"]),
+    ("joint", [f"joint.{i}" for i in range(24)]),
+])
+def test_dit_grammar_mmdit(spec, expected):
+    assert [str(r) for r in resolve_layers(spec, find_self_attention(_dit(joint=24)))] == expected
+
+
+def test_dit_grammar_flux():
+    flux = list(find_self_attention(_dit(double=19, single=38)))
+    assert [str(r) for r in resolve_layers("double.7-9, single.0", flux)] == ["double.7", "double.8", "double.9",
+                                                                             "single.0"]
+    assert len(resolve_layers("all", flux)) == 57
+    assert len(resolve_layers("single", flux)) == 38
+
+
+@pytest.mark.parametrize("spec,fragment", [
+    ("joint.30", "joint.0-23"),       # out of range: the message lists what the model has
+    ("double.1", "joint.0-23"),       # a Flux name on an MMDiT
+    ("middle", "joint.0-23"),         # a UNet name on a DiT
+    ("joint.1.0", "one number"),      # DiT blocks take no transformer index
+])
+def test_dit_bad_names_list_the_blocks(spec, fragment):
+    with pytest.raises(LayerSpecError) as err:
+        resolve_layers(spec, find_self_attention(_dit(joint=24)))
+    assert fragment in str(err.value)
+
+
+def test_unet_names_on_dit_and_dit_names_on_unet_are_refused(sd1):
+    with pytest.raises(LayerSpecError, match="middle"):
+        resolve_layers("joint.1", sd1)
+
+
+def test_dit_family_and_default_presets():
+    class Model:
+        def __init__(self, **flags):
+            self.__dict__.update(flags)
+
+    sd3 = list(find_self_attention(_dit(joint=24)))
+    flux = list(find_self_attention(_dit(double=19, single=38)))
+    assert model_family(Model(), sd3) == "sd3"
+    assert model_family(Model(is_sd3=True, is_sdxl=False), []) == "sd3"  # A1111 sd_models.py sets is_sd3
+    assert model_family(Model(), flux) == "flux"
+    assert model_family(Model(is_chroma=True), flux) == "chroma"
+    assert preset_spec("sd3", "") == "joint.7-9"
+    assert preset_spec("flux", "") == "double.7-9"
+    assert preset_spec("sd1", "") == "middle"
+    for family, available in (("sd3", sd3), ("flux", flux), ("chroma", flux)):
+        from lib_asag.layers import PRESETS
+        for name in PRESETS[family]:
+            assert resolve_layers(preset_spec(family, name), available)

@@ -35,8 +35,9 @@ def test_validate_never_raises_on_wrong_types():
 def test_defaults_are_valid_per_family():
     for family in FAMILIES:
         assert defaults_for(family).validate() == []
-    with pytest.raises(ValueError, match="flux"):
-        defaults_for("flux")
+    assert {"sd3", "flux", "chroma"} <= set(FAMILIES)
+    with pytest.raises(ValueError, match="hunyuan"):
+        defaults_for("hunyuan")
 
 
 def test_positional_full_and_short_lists():
