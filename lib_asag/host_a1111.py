@@ -8,9 +8,10 @@ bef51aed and v1.10):
    x/sigma/image_cond are [one row per cond of every image (AND-prompts), then the uncond rows];
    text_cond holds exactly the cond rows. The object is read in step 2, after every callback changed it.
 2. `on_cfg_denoised` (CFGDenoisedParams: x = x_out, inner_model) runs `inner_model` once more on the cond
-   rows, with the chosen layers' attn1 replaced by a per-instance forward, installed and removed in one
-   try/finally around that call only, and computes the term sum_j w_j * s * (x_out[j] - perturbed[j]) per
-   image with the conds_list weights (the same weights CFG uses for AND-prompts).
+   rows, with the chosen layers' attn1 replaced by a per-instance forward (SD3: the joint attention of the
+   chosen MMDiT blocks, lib_asag/a1111_sd3.py), installed and removed in one try/finally around that call
+   only, and computes the term sum_j w_j * s * (x_out[j] - perturbed[j]) per image with the conds_list
+   weights (the same weights CFG uses for AND-prompts).
 3. `on_cfg_after_cfg` (AfterCFGCallbackParams: x = CFG result) adds the term, optionally std-rescales,
    and for inpainting keeps the host's mask blend (the host blends before this callback).
 
@@ -28,7 +29,7 @@ from typing import Any, Iterator
 
 import torch
 
-from . import guidance, layers, params as asag_params, sinkhorn
+from . import a1111_sd3, guidance, layers, params as asag_params, sinkhorn
 from .adapter_base import AdapterBase, edit_model_refusal, report_failure
 
 log = logging.getLogger("asag")
@@ -36,7 +37,8 @@ _MISSING = object()
 
 
 def _unet(sd_model: Any) -> torch.nn.Module:
-    """`model.diffusion_model`: ldm DiffusionWrapper and sgm OpenAIWrapper both hold the UNet there."""
+    """`model.diffusion_model`: ldm DiffusionWrapper and sgm OpenAIWrapper hold the UNet there, SD3's BaseModel
+    (modules/models/sd3/sd3_impls.py) its MMDiT."""
     return sd_model.model.diffusion_model
 
 
@@ -45,7 +47,7 @@ def _unsupported(sd_model: Any) -> str | None:
     if refusal:
         return refusal
     if getattr(sd_model, "is_sd3", False):
-        return "ASAG supports SD1.x, SD2.x and SDXL UNets in A1111, not SD3. Generating without ASAG."
+        return a1111_sd3.unsupported(_unet(sd_model))
     return None
 
 
@@ -98,6 +100,14 @@ def patched_attention(modules: list[torch.nn.Module], iterations: int, epsilon: 
                 module.__dict__.pop("forward", None)
             else:
                 module.forward = previous
+
+
+def _perturbation(modules: list[torch.nn.Module], iterations: int, epsilon: float):
+    """The patch for the separate perturbed call: attn1 forwards in a UNet, the joint attention of the chosen
+    JointBlocks in SD3's MMDiT (lib_asag/a1111_sd3.py). SD3 always uses this separate call."""
+    if a1111_sd3.is_joint_block(modules[0]):
+        return a1111_sd3.patched_joint_attention(modules, iterations, epsilon)
+    return patched_attention(modules, iterations, epsilon)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,7 +202,7 @@ def _perturbed_prediction(session: _Session, step: _Step, n_cond: int, batch_siz
     # batch_cond_uncond off: the host runs batch_size rows per call (low VRAM); do the same.
     chunk = n_cond if shared.opts.batch_cond_uncond else batch_size
     outs = []
-    with torch.no_grad(), patched_attention(modules, session.params.iterations, session.params.epsilon):
+    with torch.no_grad(), _perturbation(modules, session.params.iterations, session.params.epsilon):
         for a in range(0, n_cond, chunk):
             b = min(a + chunk, n_cond)
             outs.append(denoiser.inner_model(x[a:b], sigma[a:b],

@@ -2,7 +2,8 @@
 stand-in sampler, and an independent reference of CFG + ASAG (tests/sinkhorn_reference.py, not lib_asag).
 
 The reference runs the plain stand-in model row by row for D_u and D_c, and a deep copy of it whose chosen
-attn1 layers compute a textbook float64 Sinkhorn for D_asag, then applies
+attn1 layers (SD3: JointBlocks, whose block mixing is re-done here) compute a textbook float64 Sinkhorn for
+D_asag, then applies
     guided_i = D_u,i + cfg * sum_j w_j (D_c,j - D_u,i) + s * sum_j w_j (D_c,j - D_asag,j)
 over the conds j of image i (AND-prompt weights w_j), with the host's mask blend.
 """
@@ -28,6 +29,27 @@ def sinkhorn_reference_forward(iterations: int, epsilon: float):
     return forward
 
 
+def joint_block_reference_forward(iterations: int, epsilon: float):
+    """JointBlock forward: block_mixing of modules/models/sd3/mmdit.py re-done with the textbook float64 Sinkhorn
+    over the joint text+image sequence (text first), from the host block's own pre/post_attention."""
+
+    def forward(self, context, x, c):
+        from sinkhorn_reference import sinkhorn_attention_reference
+        context_qkv, context_rest = self.context_block.pre_attention(context, c)
+        x_qkv, x_rest = self.x_block.pre_attention(x, c)
+        # v arrives as split_qkv leaves it, (B, N, heads, d); q and k flattened after QK-norm
+        q, k, v = (torch.cat((a, b), dim=1).flatten(2) for a, b in zip(context_qkv, x_qkv))
+        attn = sinkhorn_attention_reference(q, k, v, self.x_block.attn.num_heads, iterations, epsilon).to(q.dtype)
+        n_text = context_qkv[0].shape[1]
+        if self.context_block.pre_only:
+            context = None
+        else:
+            context = self.context_block.post_attention(attn[:, :n_text], *context_rest)
+        return context, self.x_block.post_attention(attn[:, n_text:], *x_rest)
+
+    return forward
+
+
 @dataclass
 class Case:
     """One generation: per image a list of (cond, weight); one uncond per image."""
@@ -47,7 +69,7 @@ class Case:
 def text(model, tokens: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     crossattn = torch.randn(tokens, 24, generator=g)
-    if getattr(model, "is_sdxl", False):
+    if getattr(model, "is_sdxl", False) or getattr(model, "is_sd3", False):
         return {"crossattn": crossattn, "vector": torch.randn(12, generator=g)}
     return crossattn
 
@@ -115,12 +137,16 @@ def reference_run(model, case: Case, *, scale: float, layer_paths: list[str], it
                   pad: bool = False, skip_odd_steps_below: float = 0.0, rescale: float = 0.0) -> torch.Tensor:
     from k_diffusion.external import CompVisDenoiser
 
-    plain = CompVisDenoiser(model)
+    def denoiser(m):  # CFGDenoiserKDiffusion.inner_model: the model's own create_denoiser() if it has one
+        return m.create_denoiser() if hasattr(m, "create_denoiser") else CompVisDenoiser(m)
+
+    plain = denoiser(model)
     perturbed_model = copy.deepcopy(model)
     modules = dict(perturbed_model.model.diffusion_model.named_modules())
     for path in layer_paths:
-        modules[path].forward = types.MethodType(sinkhorn_reference_forward(iterations, epsilon), modules[path])
-    perturbed = CompVisDenoiser(perturbed_model)
+        make = joint_block_reference_forward if path.startswith("joint_blocks.") else sinkhorn_reference_forward
+        modules[path].forward = types.MethodType(make(iterations, epsilon), modules[path])
+    perturbed = denoiser(perturbed_model)
     tokens_u = (case.unconds[0]["crossattn"] if isinstance(case.unconds[0], dict) else case.unconds[0]).shape[0]
 
     x = case.x.clone()

@@ -1,5 +1,6 @@
 """Stand-in of k_diffusion/external.py: CompVisDenoiser(model) -> forward(input, sigma, **kwargs) returns the
-denoised x0 = input - sigma * eps, eps = model.apply_model(input * c_in, t(sigma), **kwargs)."""
+denoised x0 = input - sigma * eps, eps = model.apply_model(input * c_in, t(sigma), **kwargs); DiscreteSchedule,
+the base class of SD3's SD3Denoiser."""
 from __future__ import annotations
 
 import torch
@@ -28,3 +29,13 @@ class CompVisDenoiser(nn.Module):
         c_in = 1 / (sigma[:, None, None, None] ** 2 + self.sigma_data ** 2) ** 0.5
         eps = self.inner_model.apply_model(input * c_in, self.sigma_to_t(sigma), **kwargs)
         return input + eps * c_out
+
+
+class DiscreteSchedule(nn.Module):
+    """k_diffusion/external.py DiscreteSchedule: sigmas/log_sigmas buffers (SD3Denoiser's base class)."""
+
+    def __init__(self, sigmas, quantize):
+        super().__init__()
+        self.register_buffer("sigmas", sigmas)
+        self.register_buffer("log_sigmas", sigmas.log())
+        self.quantize = quantize

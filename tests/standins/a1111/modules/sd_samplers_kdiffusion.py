@@ -1,6 +1,7 @@
 """Stand-in of modules/sd_samplers_kdiffusion.py: CFGDenoiserKDiffusion.inner_model lazily wraps
-shared.sd_model in k-diffusion's CompVisDenoiser (model_wrap), as the real property does; plus a tiny Euler
-loop standing in for KDiffusionSampler (sampler_extra_args, launch_sampling's InterruptedException catch)."""
+shared.sd_model in its own `create_denoiser()` if it has one (SD3) or else k-diffusion's CompVisDenoiser
+(model_wrap), as the real property does; plus a tiny Euler loop standing in for KDiffusionSampler
+(sampler_extra_args, launch_sampling's InterruptedException catch)."""
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,12 @@ class CFGDenoiserKDiffusion(sd_samplers_cfg_denoiser.CFGDenoiser):
     @property
     def inner_model(self):
         if self.model_wrap is None:
-            self.model_wrap = k_diffusion.external.CompVisDenoiser(shared.sd_model, quantize=shared.opts.enable_quantization)
+            denoiser_constructor = getattr(shared.sd_model, "create_denoiser", None)
+            if denoiser_constructor is not None:
+                self.model_wrap = denoiser_constructor()
+            else:
+                self.model_wrap = k_diffusion.external.CompVisDenoiser(shared.sd_model,
+                                                                       quantize=shared.opts.enable_quantization)
         return self.model_wrap
 
 

@@ -1,0 +1,281 @@
+"""SD3 in A1111: lib_asag/a1111_sd3.py through lib_asag/host_a1111.py on the stand-ins of A1111 v1.10's
+modules/models/sd3 (tests/standins/a1111/modules/models/sd3), checked against an independent reference.
+
+The stand-in SD3 is a depth-3 MMDiT (hidden 192, 3 heads of 64, 16 image + 6 text tokens); its last block is
+`pre_only` like the real one. Sampling goes through the stand-in CFGDenoiser.forward with SD3's own
+create_denoiser() (denoised space, flow sigmas in (0, 1]). The reference (tests/standins/a1111/asag_harness.py)
+re-does the chosen blocks' block mixing with the float64 Sinkhorn of tests/sinkhorn_reference.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib_asag.params import ASAGParams
+
+_HARNESS = Path(__file__).resolve().parent / "standins" / "a1111" / "asag_harness.py"
+if "asag_harness" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("asag_harness", _HARNESS)
+    sys.modules["asag_harness"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["asag_harness"])
+H = sys.modules["asag_harness"]
+
+LAYERS = "joint.0, joint.2"  # block 2 is the last, pre_only block (no text output)
+PATHS = ["joint_blocks.0", "joint_blocks.2"]
+SIGMAS = torch.tensor([1.0, 0.75, 0.45, 0.0])
+
+
+@pytest.fixture
+def env(standins):
+    standins("a1111")
+    from modules import script_callbacks, sd_samplers_common, shared
+    shared.reset()
+    script_callbacks.clear_callbacks()
+    sd_samplers_common.refiner_hook = None
+    import lib_asag.host_a1111 as host
+    from modules.models.sd3 import mmdit
+    yield types.SimpleNamespace(shared=shared, callbacks=script_callbacks, host=host, common=sd_samplers_common,
+                                mmdit=mmdit)
+    host.Adapter().teardown()
+    script_callbacks.clear_callbacks()
+
+
+def _model(env, seed=0, **kwargs):
+    from modules.models.sd3.sd3_model import SD3Inferencer
+    model = SD3Inferencer(seed=seed, **kwargs).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # sharp attention and non-zero gates, so that replacing it shows
+        for name, param in model.model.diffusion_model.named_parameters():
+            std = 0.15 if ".attn.qkv." in name else 2.0 if ".attn.ln_" in name else 0.05
+            param.copy_(torch.randn(param.shape, generator=g) * std)
+    env.shared.sd_model = model
+    return model
+
+
+def _case(model, **kwargs):
+    case = H.make_case(model, in_channels=16, **kwargs)
+    case.sigmas = SIGMAS[-(kwargs.get("steps", 3) + 1):].clone() if "steps" in kwargs else SIGMAS.clone()
+    case.x = torch.randn(case.x.shape, generator=torch.Generator().manual_seed(11))
+    return case
+
+
+def _p(env, **kwargs):
+    from modules.processing import StableDiffusionProcessingTxt2Img
+    return StableDiffusionProcessingTxt2Img(**kwargs)
+
+
+def _params(**kwargs):
+    return ASAGParams(**{**dict(enabled=True, scale=2.0, layers=LAYERS, iterations=3, epsilon=0.6), **kwargs})
+
+
+def _asag_callbacks(env):
+    return [cb for lst in env.callbacks.callback_map.values() for cb in lst
+            if getattr(cb.callback, "__module__", "") == "lib_asag.host_a1111"]
+
+
+def _assert_unpatched(env, model, original_attention):
+    assert env.mmdit.attention is original_attention
+    assert [name for name, m in model.named_modules() if "forward" in m.__dict__] == []
+
+
+def _run(env, model, case, params=None):
+    p = _p(env, batch_size=len(case.conds))
+    messages = env.host.Adapter().setup(p, params) if params is not None else []
+    try:
+        return H.run_sampler(p, case), messages, p
+    finally:
+        env.host.Adapter().teardown(p)
+
+
+LAYOUTS = {
+    "batch2_and": ({}, {}, {}),
+    "batch1": ({"batch": 1, "and_prompt": False}, {}, {}),
+    "no_batch_cond_uncond": ({}, {"batch_cond_uncond": False}, {}),
+    "cond_longer_than_uncond": ({"cond_tokens": 9, "uncond_tokens": 6}, {}, {}),
+    "padded_cond": ({"cond_tokens": 6, "uncond_tokens": 9}, {"pad_cond_uncond": True}, {"pad": True}),
+    "qk_norm": ({}, {}, {"qk_norm": "ln"}),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_sd3_guided_result_matches_independent_reference(env, layout):
+    case_kw, opts, model_kw = LAYOUTS[layout]
+    model = _model(env, qk_norm=model_kw.get("qk_norm"))
+    original = env.mmdit.attention
+    for key, value in opts.items():
+        setattr(env.shared.opts, key, value)
+    case = _case(model, **case_kw)
+    params = _params()
+    got, messages, _ = _run(env, model, case, params)
+    assert messages == []
+    expected = H.reference_run(model, case, scale=params.scale, layer_paths=PATHS, iterations=params.iterations,
+                               epsilon=params.epsilon, pad="pad" in model_kw or "pad_cond_uncond" in opts)
+    without, _, _ = _run(env, model, case)
+    torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
+    assert (got - without).abs().max() > 1e-2  # ASAG really changed the result
+    _assert_unpatched(env, model, original)
+
+
+def test_only_chosen_blocks_are_perturbed_and_only_in_the_extra_call(env, monkeypatch):
+    model = _model(env)
+    case = _case(model, and_prompt=False, steps=1)  # one step: main call 4 rows, extra call 2 rows
+    sdpa_calls, block_calls = [], []
+    host_attention = env.mmdit.attention
+
+    def recording_attention(q, k, v, heads, mask=None):  # the host's attention, as block_mixing reaches it
+        sdpa_calls.append(q.shape[0])
+        return host_attention(q, k, v, heads, mask=mask)
+    monkeypatch.setattr(env.mmdit, "attention", recording_attention)
+    for i, block in enumerate(model.model.diffusion_model.joint_blocks):
+        block.register_forward_pre_hook(
+            lambda module, args, i=i: block_calls.append((i, args[0].shape[0], "forward" in module.__dict__)))
+
+    got, _, _ = _run(env, model, case, _params(layers="joint.1"))
+    assert [(i, rows) for i, rows, patched in block_calls if patched] == [(1, 2)]
+    assert not any(patched for i, rows, patched in block_calls if rows == 4)
+    # main call: all 3 blocks reach the host's attention; extra call: blocks 0 and 2 only
+    assert sdpa_calls == [4, 4, 4, 2, 2]
+    _assert_unpatched(env, model, recording_attention)
+    expected = H.reference_run(model, case, scale=2.0, layer_paths=["joint_blocks.1"], iterations=3, epsilon=0.6)
+    torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
+
+
+def test_disabled_is_bit_identical(env):
+    model = _model(env)
+    case = _case(model)
+    baseline, _, _ = _run(env, model, case)
+    for params in (_params(enabled=False), _params(scale=0.0), _params(start=0.99, end=1.0)):
+        got, messages, _ = _run(env, model, case, params)
+        assert messages == [] and torch.equal(got, baseline)
+
+
+@pytest.mark.parametrize("layers,needles", [
+    ("joint.5", ["'joint.5' does not exist", "joint.0-2"]),
+    ("middle", ["'middle' does not exist", "joint.0-2"]),
+    ("double.0", ["'double.0' does not exist"]),
+    ("joint.1.0", ["one number"]),
+    ("", ["'joint.7-9' does not exist", "joint.0-2"]),  # the SD3 default preset needs SD3 medium's 24 blocks
+])
+def test_bad_dit_layer_names_give_a_message_and_a_normal_image(env, layers, needles):
+    model = _model(env)
+    original = env.mmdit.attention
+    case = _case(model)
+    baseline, _, _ = _run(env, model, case)
+    p = _p(env, batch_size=2)
+    messages = env.host.Adapter().setup(p, _params(layers=layers))
+    assert len(messages) == 1 and all(n in messages[0] for n in needles), messages
+    assert "Generating without ASAG" in messages[0] or "cannot read" in messages[0] or "one number" in messages[0]
+    assert _asag_callbacks(env) == []
+    assert torch.equal(H.run_sampler(p, case), baseline)
+    _assert_unpatched(env, model, original)
+
+
+def test_error_inside_perturbed_pass_turns_asag_off_and_unpatches(env, caplog):
+    model = _model(env)
+    original = env.mmdit.attention
+    case = _case(model)
+    baseline, _, _ = _run(env, model, case)
+
+    def explode(module, args):
+        if "forward" in module.__dict__:
+            raise RuntimeError("boom in the perturbed pass")
+    model.model.diffusion_model.joint_blocks[2].register_forward_pre_hook(explode)
+    p = _p(env, batch_size=2)
+    env.host.Adapter().setup(p, _params())
+    got = H.run_sampler(p, case)
+    assert torch.equal(got, baseline)
+    assert "boom in the perturbed pass" in caplog.text
+    assert any("ASAG turned off" in c for c in p.comments)
+    _assert_unpatched(env, model, original)
+
+
+def test_interrupt_during_perturbed_pass_unpatches(env):
+    model = _model(env)
+    original = env.mmdit.attention
+    case = _case(model)
+
+    def interrupt(module, args):
+        if env.mmdit.attention is not original:  # inside the perturbed call
+            env.shared.state.interrupted = True
+            raise env.common.InterruptedException()
+    model.model.diffusion_model.joint_blocks[1].register_forward_pre_hook(interrupt)
+    p = _p(env, batch_size=2)
+    env.host.Adapter().setup(p, _params())
+    H.run_sampler(p, case)  # the sampler's InterruptedException catch returns the last latent
+    _assert_unpatched(env, model, original)
+
+
+def test_exception_in_the_main_call_leaves_nothing_patched(env):
+    model = _model(env)
+    original = env.mmdit.attention
+    case = _case(model)
+    calls = {"n": 0}
+
+    def fail_second_main_call(module, args):
+        if args[0].shape[0] == 5:  # 3 cond rows (AND) + 2 uncond rows
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("out of memory (simulated)")
+    model.model.diffusion_model.joint_blocks[0].register_forward_pre_hook(fail_second_main_call)
+    p = _p(env, batch_size=2)
+    env.host.Adapter().setup(p, _params())
+    with pytest.raises(RuntimeError, match="out of memory"):
+        H.run_sampler(p, case)
+    _assert_unpatched(env, model, original)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The patch itself
+
+def test_patch_composes_with_another_instance_forward_and_restores_it(env):
+    from lib_asag import a1111_sd3
+    model = _model(env)
+    blocks = list(model.model.diffusion_model.joint_blocks)
+    seen = []
+    other = types.MethodType(lambda self, *a, **k: seen.append(1) or type(self).forward(self, *a, **k), blocks[0])
+    blocks[0].forward = other  # another extension's instance forward
+    original = env.mmdit.attention
+    x, t = torch.randn(1, 16, 8, 8), torch.tensor([500.0])
+    y, ctx = torch.randn(1, 12), torch.randn(1, 6, 24)
+    with torch.no_grad():
+        before = model.model.diffusion_model(x, t, y=y, context=ctx)
+        with a1111_sd3.patched_joint_attention(blocks[:1], iterations=3, epsilon=0.6):
+            inside = model.model.diffusion_model(x, t, y=y, context=ctx)
+        after = model.model.diffusion_model(x, t, y=y, context=ctx)
+    assert len(seen) == 3  # the other extension's forward ran every time
+    assert blocks[0].__dict__["forward"] is other and env.mmdit.attention is original
+    assert torch.equal(before, after) and not torch.allclose(before, inside)
+
+
+def test_patch_is_removed_when_the_body_raises(env):
+    from lib_asag import a1111_sd3
+    model = _model(env)
+    original = env.mmdit.attention
+    with pytest.raises(KeyboardInterrupt):
+        with a1111_sd3.patched_joint_attention(list(model.model.diffusion_model.joint_blocks), 3, 0.6):
+            raise KeyboardInterrupt
+    _assert_unpatched(env, model, original)
+
+
+def test_unknown_mmdit_implementation_is_refused(env):
+    from lib_asag import a1111_sd3
+
+    class JointBlock(torch.nn.Module):  # lives in this test module: no module-level block_mixing/attention
+        def __init__(self):
+            super().__init__()
+            self.context_block, self.x_block = torch.nn.Identity(), torch.nn.Identity()
+
+    model = _model(env)
+    model.model.diffusion_model.joint_blocks = torch.nn.ModuleList([JointBlock(), JointBlock()])
+    messages = env.host.Adapter().setup(_p(env), _params(layers="joint.0"))
+    assert len(messages) == 1 and "does not know this SD3 implementation" in messages[0]
+    assert _asag_callbacks(env) == []
+    with pytest.raises(RuntimeError, match="not an MMDiT JointBlock"):
+        with a1111_sd3.patched_joint_attention(list(model.model.diffusion_model.joint_blocks), 3, 0.6):
+            pass
+    assert [n for n, m in model.named_modules() if "forward" in m.__dict__] == []
