@@ -2,11 +2,11 @@
 // "script_<tab>_asag_<field>". A1111 and Forge load every file in an extension's javascript/ folder.
 (function () {
     const hints = {
-        "enabled": "Adversarial Sinkhorn Attention Guidance: one extra UNet pass per step with degraded self-attention, guided away from.",
+        "enabled": "Adversarial Sinkhorn Attention Guidance: one extra model pass per step with degraded self-attention, guided away from.",
         "scale": "ASAG scale s in  uncond + cfg·(cond − uncond) + s·(cond − perturbed). 0 = no effect; try 1–5.",
         "rescale": "Blend towards a copy rescaled to the conditional prediction's std (0 = off). Counters over-saturation at high scales.",
-        "preset": "Fills the Layers box with a preset for the loaded model family (SD1.x/SD2.x or SDXL).",
-        "layers": "Self-attention layers to perturb: 'middle', 'input.7', 'output.0-2', 'input.7.1', 'all', comma or semicolon separated. Empty = the model's default preset.",
+        "preset": "Fills the Layers box with a preset for the loaded model family: UNets (SD1.x/SD2.x, SDXL) or diffusion transformers (SD3: joint.7-9; Flux/Chroma: double.7-9).",
+        "layers": "Self-attention layers to perturb. UNet: 'middle', 'input.7', 'output.0-2', 'input.7.1'. Diffusion transformers (joint attention of whole blocks): 'joint.7-9' (SD3), 'double.0-18', 'single.3' (Flux/Chroma). Or 'all'; comma or semicolon separated. Empty = the model's default preset.",
         "iterations": "Sinkhorn iterations T: alternating row/column normalisations of the adversarial plan, then a final row step. 0 = anti-attention softmax(−S/ε).",
         "epsilon": "Temperature ε of the kernel exp(−QKᵀ/(√d·ε)). Larger ε → closer to uniform (maximum-entropy) attention.",
         "start": "Fraction of the sampling steps after which ASAG starts.",

@@ -23,6 +23,15 @@ XYZ_AXES: tuple[tuple[str, str, type], ...] = (
 PRESET_CHOICES: tuple[str, ...] = tuple(dict.fromkeys(name for presets in layers.PRESETS.values() for name in presets))
 
 
+def default_layers_hint() -> str:
+    """Placeholder of the Layers box: what empty means, per family, e.g. 'joint.7-9 (sd3)'."""
+    by_preset: dict[str, list[str]] = {}
+    for family in layers.PRESETS:
+        by_preset.setdefault(layers.default_preset(family), []).append(family)
+    return "empty = the model's default: " + "; ".join(f"{preset} ({', '.join(families)})"
+                                                       for preset, families in by_preset.items())
+
+
 @dataclass
 class ScriptUI:
     """What Script.ui needs: components in ARG_ORDER, infotext paste-back pairs, paste field names."""
@@ -75,7 +84,7 @@ def build(elem_id: Callable[[str], str], is_img2img: bool) -> ScriptUI:
         with gr.Row():
             preset = gr.Dropdown(label="Layer preset", choices=list(PRESET_CHOICES), value=layers.DEFAULT_PRESET,
                                  elem_id=elem_id("preset"))
-            layer_box = gr.Textbox(label="Layers", value=d.layers, placeholder="empty = default preset (middle)",
+            layer_box = gr.Textbox(label="Layers", value=d.layers, placeholder=default_layers_hint(),
                                    elem_id=elem_id("layers"))
         with gr.Row():
             iterations = gr.Slider(label="Sinkhorn iterations", minimum=0, maximum=20, step=1, value=d.iterations,

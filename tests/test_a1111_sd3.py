@@ -279,3 +279,40 @@ def test_unknown_mmdit_implementation_is_refused(env):
         with a1111_sd3.patched_joint_attention(list(model.model.diffusion_model.joint_blocks), 3, 0.6):
             pass
     assert [n for n, m in model.named_modules() if "forward" in m.__dict__] == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DiT layer names through infotext, paste-back and the args, unchanged
+
+def _infotext_line(values: dict) -> str:
+    """modules/processing.py create_infotext: 'k: v' joined by ', ', values quoted when they hold , : or \""""
+    import json
+
+    def quote(v):
+        v = str(v)
+        return json.dumps(v, ensure_ascii=False) if any(ch in v for ch in ",:\n\"") else v
+    return ", ".join(f"{k}: {quote(v)}" for k, v in values.items())
+
+
+def _parse_infotext(line: str) -> dict:
+    """modules/infotext_utils.py parse_generation_parameters: regex re_param, then unquote."""
+    import json
+    import re
+    return {k: json.loads(v) if v.startswith('"') else v
+            for k, v in re.findall(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', line)}
+
+
+@pytest.mark.parametrize("layers", ["joint.0-1", "joint.0, joint.2", "joint.0; joint.2", "double.0-18, single.3",
+                                    "joint.7-9", "all"])
+def test_dit_layer_names_survive_infotext_paste_back_api_and_xyz(layers):
+    from lib_asag import params as asag_params, ui
+    params = ASAGParams(enabled=True, scale=2.5, layers=layers, iterations=4, epsilon=0.5)
+    assert params.validate() == []
+    pasted = _parse_infotext(_infotext_line({"Steps": 20, **asag_params.to_infotext(params)}))
+    assert pasted["ASAG layers"] == layers
+    restored, messages = asag_params.from_script_args(asag_params.from_infotext(pasted))
+    assert messages == [] and restored == params
+    assert ui.params_from_script(None, [True, 2.5, layers, 4, 0.5]) == (params, [])  # API positional args
+    cell = types.SimpleNamespace(**{ui.XYZ_ATTR: {"layers": layers}})  # an XYZ "ASAG layers" cell, ASAG unticked
+    from_xyz, messages = ui.params_from_script(cell, [False])
+    assert messages == [] and from_xyz.enabled and from_xyz.layers == layers

@@ -92,6 +92,18 @@ def test_enabled_changes_the_image(plain, guided, layers):
     assert "ASAG scale: 3.0" in infotext and f"ASAG layers: {layers}" in infotext, infotext
 
 
+@pytest.mark.parametrize("changes", [
+    {"batch_size": 2, "sampler_name": "DPM++ 2M"},
+    {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2, "denoising_strength": 0.5, "hr_upscaler": "Latent"},
+])
+def test_batch_and_hires_fix(sd3, changes):
+    off, on = _txt2img(**changes), _txt2img(ON, **changes)
+    assert len(on["images"]) == len(off["images"]) == changes.get("batch_size", 1)
+    for a, b in zip(off["images"], on["images"]):
+        assert _max_diff(_pixels(a), _pixels(b)) > 0
+    assert all("ASAG layers: joint.0-1" in text for text in on["info"]["infotexts"])
+
+
 def test_infotext_round_trip_through_png_info(guided):
     status, parsed = _post("/sdapi/v1/png-info", {"image": "data:image/png;base64," + guided["images"][0]})
     assert status == 200, parsed
