@@ -54,7 +54,8 @@ def unsupported(diffusion_model: torch.nn.Module) -> str | None:
 class _Running:
     """How many chosen blocks are running right now (0 or 1: blocks do not nest)."""
 
-    depth = 0
+    def __init__(self) -> None:
+        self.depth = 0
 
 
 def _dispatcher(original, running: _Running, iterations: int, epsilon: float):
