@@ -134,3 +134,27 @@ def test_named_args_and_xyz_style_layer_list(plain):
     assert "ASAG layers: joint.0; joint.1" in body["info"]["infotexts"][0] or \
         "ASAG layers: \"joint.0; joint.1\"" in body["info"]["infotexts"][0], body["info"]["infotexts"][0]
     assert _max_diff(_pixels(body["images"][0]), _pixels(plain["images"][0])) > 0
+
+
+def test_xyz_layers_axis_with_joint_blocks(plain):
+    """X/Y/Z plot through /sdapi with an "ASAG layers" axis of DiT names: one cell per value, cells differ from
+    each other and from the plain image, each cell's infotext carries its value."""
+    import requests
+    scripts = requests.get(URL + "/sdapi/v1/script-info", timeout=60).json()
+    info = next((s for s in scripts if s["name"] == "x/y/z plot" and not s["is_img2img"]), None)
+    if info is None or "ASAG layers" not in info["args"][0]["choices"]:
+        pytest.skip("this server's X/Y/Z plot offers no ASAG axes through the API")
+    labels = [a["label"] for a in info["args"]]
+    args = [a.get("value") for a in info["args"]]
+    args[0] = info["args"][0]["choices"].index("ASAG layers")  # X type (type="index")
+    args[1] = "joint.0, joint.1"  # X values
+    args[labels.index("Y type")] = args[labels.index("Z type")] = 0  # Nothing
+    args[labels.index("Include Sub Images")] = True
+    args[labels.index("Draw legend")] = False
+    body = _txt2img(None, script_name="x/y/z plot", script_args=args)
+    cells = body["images"][1:]  # [grid, cell, cell]
+    assert len(cells) == 2, len(body["images"])
+    pixels = [_pixels(c) for c in cells]
+    assert pixels[0] != pixels[1] and _pixels(plain["images"][0]) not in pixels
+    for text, value in zip(body["info"]["infotexts"][1:], ["joint.0", "joint.1"]):
+        assert f"ASAG layers: {value}" in text and "ASAG error" not in text, text
