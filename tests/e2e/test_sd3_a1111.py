@@ -94,14 +94,29 @@ def test_enabled_changes_the_image(plain, guided, layers):
 
 @pytest.mark.parametrize("changes", [
     {"batch_size": 2, "sampler_name": "DPM++ 2M"},
+    {"sampler_name": "DDIM"},  # a timesteps sampler: same CFGDenoiser.forward, another inner model
     {"enable_hr": True, "hr_scale": 1.5, "hr_second_pass_steps": 2, "denoising_strength": 0.5, "hr_upscaler": "Latent"},
 ])
-def test_batch_and_hires_fix(sd3, changes):
+def test_batch_samplers_and_hires_fix(sd3, changes):
     off, on = _txt2img(**changes), _txt2img(ON, **changes)
     assert len(on["images"]) == len(off["images"]) == changes.get("batch_size", 1)
     for a, b in zip(off["images"], on["images"]):
         assert _max_diff(_pixels(a), _pixels(b)) > 0
     assert all("ASAG layers: joint.0-1" in text for text in on["info"]["infotexts"])
+
+
+def test_img2img(plain):
+    def run(asag):
+        payload = {**PAYLOAD, "init_images": [plain["images"][0]], "denoising_strength": 0.6}
+        if asag is not None:
+            payload["alwayson_scripts"] = {"ASAG": {"args": asag}}
+        status, body = _post("/sdapi/v1/img2img", payload)
+        assert status == 200, body
+        return body
+    off, disabled, on = run(None), run([False]), run(ON)
+    assert _pixels(disabled["images"][0]) == _pixels(off["images"][0])
+    assert _max_diff(_pixels(on["images"][0]), _pixels(off["images"][0])) > 0
+    assert "ASAG layers: joint.0-1" in json.loads(on["info"])["infotexts"][0]
 
 
 def test_infotext_round_trip_through_png_info(guided):
