@@ -5,13 +5,16 @@
 Same prompt, seed and settings for both cases (defaults: 256x256, 8 Euler steps, CFG 5, ASAG layers
 `middle`, the issue-12 settings). Each round times one image of every case, rotating the order so that a
 drift in machine load (the benchmark machine may be shared) hits both cases alike; the result is the median
-time per case and the median of the per-round ratios ASAG / no guidance. One warm-up image per case first.
+time per case and the median of the per-round ratios ASAG / no guidance. One warm-up image (ASAG) first.
 Which perturbed-pass mode the server uses is the server's business (env ASAG_BATCH=0 forces the separate
-call; the server log says which mode ran). Prints a Markdown row and writes JSON with --json.
+call; the server log says which mode ran). Prints a Markdown row and writes JSON with --json;
+--save-image writes the last ASAG image (PNG, same seed every time) to compare two servers' modes with
+benchmarks/compare_images.py.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import statistics
 import sys
@@ -22,7 +25,8 @@ import urllib.request
 def payload(args: argparse.Namespace, asag: bool) -> dict:
     body = {"prompt": "a photograph of a lighthouse on a cliff", "negative_prompt": "", "seed": args.seed,
             "width": args.size, "height": args.size, "steps": args.steps, "cfg_scale": args.cfg,
-            "sampler_name": "Euler", "batch_size": 1, "n_iter": 1, "save_images": False, "send_images": False,
+            "sampler_name": "Euler", "batch_size": 1, "n_iter": 1, "save_images": False,
+            "send_images": asag and bool(args.save_image),
             "override_settings": {"s_min_uncond": 0, "batch_cond_uncond": True, "skip_early_cond": 0},
             "alwayson_scripts": {}}
     if asag:
@@ -30,13 +34,17 @@ def payload(args: argparse.Namespace, asag: bool) -> dict:
     return body
 
 
-def generate(url: str, body: dict, timeout: float) -> float:
+def generate(url: str, body: dict, timeout: float, image_path: str = "") -> float:
     request = urllib.request.Request(f"{url}/sdapi/v1/txt2img", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        info = json.loads(json.loads(response.read())["info"])
+        reply = json.loads(response.read())
     elapsed = time.perf_counter() - start
+    info = json.loads(reply["info"])
+    if image_path and reply.get("images"):
+        with open(image_path, "wb") as f:
+            f.write(base64.b64decode(reply["images"][0]))
     if "ASAG" in json.dumps(body["alwayson_scripts"]) and "ASAG scale" not in info.get("infotexts", [""])[0]:
         raise RuntimeError(f"ASAG did not run: {info.get('infotexts')}")
     return elapsed
@@ -54,17 +62,17 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--label", default="")
     parser.add_argument("--json", default="")
+    parser.add_argument("--save-image", default="", help="write the last ASAG image (PNG) here")
     args = parser.parse_args()
 
     cases = {"none": payload(args, False), "asag": payload(args, True)}
-    for body in cases.values():  # warm-up (model load, first-call allocations)
-        generate(args.url, body, args.timeout)
+    generate(args.url, cases["asag"], args.timeout)  # warm-up (first-call allocations, both paths' code)
     times: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     for round_index in range(args.rounds):
         order = names[round_index % 2:] + names[:round_index % 2]
         for name in order:
-            times[name].append(generate(args.url, cases[name], args.timeout))
+            times[name].append(generate(args.url, cases[name], args.timeout, args.save_image))
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {times[n][-1]:.1f} s" for n in names), file=sys.stderr)
     ratios = [a / b for a, b in zip(times["asag"], times["none"])]
     result = {"label": args.label, "settings": {k: v for k, v in vars(args).items() if k not in ("json", "label")},

@@ -237,7 +237,8 @@ def _replaced_forward(unet: torch.nn.Module) -> str | None:
     for name, module in unet.named_modules():
         replaced = [attr for attr in ("forward", "_forward") if attr in module.__dict__]
         if replaced and not hasattr(module, "__webui_hypertile_params"):
-            return f"another extension replaced {name or 'the UNet'}.{replaced[0]}"
+            where = f"{name}.{replaced[0]}" if name else f"the UNet's {replaced[0]}"
+            return f"another extension replaced {where} (e.g. ControlNet)"
     return None
 
 

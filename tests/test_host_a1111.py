@@ -491,7 +491,9 @@ def _assert_attention_unpatched(model):
 
 
 @pytest.mark.parametrize("units,cfg_injection", [(1, False), (1, True), (3, True)])
-def test_controlnet_sees_cond_rows_in_the_extra_call(env, units, cfg_injection):
+def test_controlnet_sees_cond_rows_in_the_extra_call(env, units, cfg_injection, caplog):
+    """ControlNet's hooked UNet forward reads the batch (cond marks, per-row hints): the separate call."""
+    caplog.set_level("INFO", logger="asag")
     model = _model(env)
     g = torch.Generator().manual_seed(11)
     hints = [(0.5 + i, torch.randn(1, 4, 8, 8, generator=g)) for i in range(units)]
@@ -506,6 +508,8 @@ def test_controlnet_sees_cond_rows_in_the_extra_call(env, units, cfg_injection):
     extra = [uc for rows, uc in seen if rows == 3]  # 3 cond rows (AND on image 2); main call has 5
     assert extra and all(uc == [] for uc in extra)
     assert all(uc == [3, 4] for rows, uc in seen if rows == 5)
+    assert _mode_lines(caplog) == ["ASAG: perturbed pass in a separate call "
+                                   "(another extension replaced the UNet's forward (e.g. ControlNet))"]
     _assert_attention_unpatched(model)
     expected = H.reference_run(model, case, scale=2.0, layer_paths=SD1_PATHS, iterations=2, epsilon=0.7)
     torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
