@@ -50,6 +50,13 @@ def generate(url: str, body: dict, timeout: float, image_path: str = "") -> floa
     return elapsed
 
 
+def summary(args: argparse.Namespace, times: dict[str, list[float]]) -> dict:
+    ratios = [a / b for a, b in zip(times["asag"], times["none"])]
+    return {"label": args.label, "settings": {k: v for k, v in vars(args).items() if k not in ("json", "label")},
+            "times": times, "ratios": ratios, "median_none": statistics.median(times["none"]),
+            "median_asag": statistics.median(times["asag"]), "median_ratio": statistics.median(ratios)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:7865")
@@ -63,10 +70,12 @@ def main() -> int:
     parser.add_argument("--label", default="")
     parser.add_argument("--json", default="")
     parser.add_argument("--save-image", default="", help="write the last ASAG image (PNG) here")
+    parser.add_argument("--warmup", type=int, default=1, help="ASAG images before timing (0: server already warm)")
     args = parser.parse_args()
 
     cases = {"none": payload(args, False), "asag": payload(args, True)}
-    generate(args.url, cases["asag"], args.timeout)  # warm-up (first-call allocations, both paths' code)
+    for _ in range(args.warmup):  # first-call allocations
+        generate(args.url, cases["asag"], args.timeout)
     times: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     for round_index in range(args.rounds):
@@ -74,15 +83,12 @@ def main() -> int:
         for name in order:
             times[name].append(generate(args.url, cases[name], args.timeout, args.save_image))
         print(f"round {round_index + 1}: " + ", ".join(f"{n} {times[n][-1]:.1f} s" for n in names), file=sys.stderr)
-    ratios = [a / b for a, b in zip(times["asag"], times["none"])]
-    result = {"label": args.label, "settings": {k: v for k, v in vars(args).items() if k not in ("json", "label")},
-              "times": times, "median_none": statistics.median(times["none"]),
-              "median_asag": statistics.median(times["asag"]), "median_ratio": statistics.median(ratios)}
+        result = summary(args, times)  # after every round, so that an interrupted run keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
     print(f"| {args.label} | {result['median_none']:.1f} s | {result['median_asag']:.1f} s | "
           f"{result['median_ratio']:.2f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
     return 0
 
 

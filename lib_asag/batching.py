@@ -44,9 +44,14 @@ def mixed_rows(normal: Callable[..., torch.Tensor], perturbed: Callable[..., tor
 
 
 def log_mode(reason: str | None, last: str | None) -> str:
-    """Log how the perturbed prediction is computed, unless it is `last` (one line per pass and change)."""
+    """Log how the perturbed prediction is computed, unless it is `last` (one line per pass and change).
+
+    A fallback is a warning so that it reaches the console: the WebUIs configure no logging by default
+    (A1111 modules/logging_config.py without --loglevel), which shows warnings only. The user's own switch
+    and the batched mode are info."""
     text = ("ASAG: perturbed pass batched with cond/uncond" if reason is None
             else f"ASAG: perturbed pass in a separate call ({reason})")
     if text != last:
-        log.info(text)
+        quiet = reason is None or reason.startswith(ENV)
+        log.log(logging.INFO if quiet else logging.WARNING, text)
     return text
