@@ -510,6 +510,7 @@ def test_controlnet_sees_cond_rows_in_the_extra_call(env, units, cfg_injection, 
     assert all(uc == [3, 4] for rows, uc in seen if rows == 5)
     assert _mode_lines(caplog) == ["ASAG: perturbed pass in a separate call "
                                    "(another extension replaced the UNet's forward (e.g. ControlNet))"]
+    assert {r.levelname for r in caplog.records if "separate call" in r.getMessage()} == {"WARNING"}  # shown
     _assert_attention_unpatched(model)
     expected = H.reference_run(model, case, scale=2.0, layer_paths=SD1_PATHS, iterations=2, epsilon=0.7)
     torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
