@@ -72,8 +72,9 @@ def _dispatcher(original, running: _Running, iterations: int, epsilon: float):
     return attention
 
 
-def _marking_forward(previous, running: _Running):
+def _marking_forward(previous, running: _Running, ran: set[int]):
     def forward(self, *args, **kwargs):
+        ran.add(id(self))
         running.depth += 1
         try:
             return previous(*args, **kwargs)
@@ -85,8 +86,11 @@ def _marking_forward(previous, running: _Running):
 
 
 @contextmanager
-def patched_joint_attention(blocks: list[torch.nn.Module], iterations: int, epsilon: float) -> Iterator[None]:
-    """Sinkhorn joint attention in these JointBlock instances while the context is open; nothing after it."""
+def patched_joint_attention(blocks: list[torch.nn.Module], iterations: int, epsilon: float,
+                            ran: set[int] | None = None) -> Iterator[None]:
+    """Sinkhorn joint attention in these JointBlock instances while the context is open; nothing after it.
+    `ran` collects id() of the blocks that ran (so the caller can tell a block that was never reached)."""
+    ran = set() if ran is None else ran
     running = _Running()
     saved_globals: list[tuple[types.ModuleType, Any]] = []
     saved_forwards: list[tuple[torch.nn.Module, Any]] = []
@@ -100,7 +104,7 @@ def patched_joint_attention(blocks: list[torch.nn.Module], iterations: int, epsi
                 saved_globals.append((module, module.__dict__["attention"]))
                 module.attention = _dispatcher(module.attention, running, iterations, epsilon)
             saved_forwards.append((block, block.__dict__.get("forward", _MISSING)))
-            block.forward = types.MethodType(_marking_forward(block.forward, running), block)
+            block.forward = types.MethodType(_marking_forward(block.forward, running, ran), block)
         yield
     finally:
         for block, previous in reversed(saved_forwards):

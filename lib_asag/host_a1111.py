@@ -1,19 +1,35 @@
-"""AUTOMATIC1111 (v1.8-v1.10) adapter: the extra conditional UNet call with Sinkhorn self-attention.
+"""AUTOMATIC1111 (v1.8-v1.10) adapter: the perturbed cond rows in the host's own UNet call, or in one of their own.
 
 How it plugs into the host (modules/sd_samplers_cfg_denoiser.py, CFGDenoiser.forward, same in v1.8.0
-bef51aed and v1.10):
+bef51aed and v1.10.1):
 
-1. `on_cfg_denoiser` (CFGDenoiserParams: x, image_cond, sigma, text_cond, text_uncond, denoiser) keeps the
-   params object of this step when ASAG is active at `denoiser.step / denoiser.total_steps`. Rows of
-   x/sigma/image_cond are [one row per cond of every image (AND-prompts), then the uncond rows];
-   text_cond holds exactly the cond rows. The object is read in step 2, after every callback changed it.
-2. `on_cfg_denoised` (CFGDenoisedParams: x = x_out, inner_model) runs `inner_model` once more on the cond
-   rows, with the chosen layers' attn1 replaced by a per-instance forward (SD3: the joint attention of the
-   chosen MMDiT blocks, lib_asag/a1111_sd3.py), installed and removed in one try/finally around that call
-   only, and computes the term sum_j w_j * s * (x_out[j] - perturbed[j]) per image with the conds_list
-   weights (the same weights CFG uses for AND-prompts).
-3. `on_cfg_after_cfg` (AfterCFGCallbackParams: x = CFG result) adds the term, optionally std-rescales,
-   and for inpainting keeps the host's mask blend (the host blends before this callback).
+1. `on_cfg_denoiser` (CFGDenoiserParams: x, image_cond, sigma, text_cond, text_uncond, denoiser) runs after
+   the host built the rows [one row per cond of every image (AND-prompts), then the B uncond rows] and before
+   any model call; the host reads x, image_cond, sigma, text_cond and text_uncond back from the object.
+   When ASAG is active at `denoiser.step / denoiser.total_steps` and batching is safe, it inserts a copy of
+   the n cond rows after them: rows [cond (n), perturbed (n), uncond (B)]. Every later use of the rows in
+   forward stays right without a change: the cond indices of conds_list are < n, uncond is `x_out[-B:]`,
+   skip_uncond drops the last B rows, padding and the chunked / separate-length calls slice the same rows.
+   For this step it also wraps `denoiser.inner_model`'s forward: each host call passes a slice of that x
+   (`x_in[a:b]`), so the wrapper knows which of its rows are perturbed and, in one try/finally around that
+   call only, installs the perturbed attn1 forward on the chosen layers: the host's own forward on the other
+   rows, the Sinkhorn attention on the perturbed ones (lib_asag/batching.py mixed_rows, shared with Forge).
+2. `on_cfg_denoised` (CFGDenoisedParams: x = x_out, inner_model) takes the perturbed prediction from rows
+   [n, 2n) of x_out, or, where batching was not safe, runs `inner_model` once more on the cond rows with the
+   chosen layers perturbed (the separate call), and computes the term sum_j w_j * s * (x_out[j] - perturbed[j])
+   per image with the conds_list weights (the weights CFG uses for AND-prompts).
+3. `on_cfg_after_cfg` (AfterCFGCallbackParams: x = CFG result) adds the term, optionally std-rescales, and for
+   inpainting keeps the host's mask blend (the host blends before this callback).
+
+Batching is not safe, and the separate call runs (one log line per pass says why), when another extension can
+see the extra rows: a cfg_denoised callback or a cfg_denoiser callback after ASAG's, or a replaced forward in
+the UNet (ControlNet's hooked UNet forward, reference attention, Regional Prompter; hypertile's row-wise attn1
+wrapper is fine); when the rows are not laid out as above; when a batched call did not perturb every inserted
+row; or with `ASAG_BATCH=0`.
+
+What is perturbed is one perturbation object (`modules(sd_model)` and `patched(modules, rows)`): Sinkhorn at the
+chosen UNet attn1 layers (SD1.x/SD2.x/SDXL), or the joint attention of the chosen MMDiT blocks (SD3,
+lib_asag/a1111_sd3.py), which perturbs whole blocks, not rows, and so always takes the separate call.
 
 Callbacks are registered by `setup` only when ASAG runs and removed by `teardown`; a failing perturbed pass
 turns ASAG off for the rest of the pass with one log line and never leaves a module patched. Host modules
@@ -25,15 +41,16 @@ import logging
 import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 
-from . import a1111_sd3, guidance, layers, params as asag_params, sinkhorn
+from . import a1111_sd3, batching, guidance, layers, params as asag_params, sinkhorn
 from .adapter_base import AdapterBase, edit_model_refusal, report_failure
 
 log = logging.getLogger("asag")
 _MISSING = object()
+Rows = tuple[int, int, int]  # (rows of the call, first perturbed row, end): which rows of one call are ASAG's
 
 
 def _unet(sd_model: Any) -> torch.nn.Module:
@@ -64,36 +81,74 @@ def _hypernetwork_contexts(context: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context)
 
 
-def _sinkhorn_forward(iterations: int, epsilon: float):
-    """An attn1 forward with the adversarial Sinkhorn plan in place of softmax.
+def _sinkhorn_attention(module: torch.nn.Module, x: torch.Tensor, context: torch.Tensor | None,
+                        iterations: int, epsilon: float) -> torch.Tensor:
+    """What A1111's optimised forwards compute (modules/sd_hijack_optimizations.py, e.g.
+    scaled_dot_product_attention_forward(self, x, context=None, mask=None, **kwargs)) with the adversarial
+    Sinkhorn plan in place of softmax. Projections, heads and output projection are the module's own."""
+    context_k, context_v = _hypernetwork_contexts(x if context is None else context)
+    q, k, v = module.to_q(x), module.to_k(context_k), module.to_v(context_v)
+    out = sinkhorn.adversarial_sinkhorn_attention(q, k, v, heads=module.heads, iterations=iterations,
+                                                  epsilon=epsilon)
+    return module.to_out(out)
 
-    Signature of A1111's optimised forwards (modules/sd_hijack_optimizations.py, e.g.
-    scaled_dot_product_attention_forward(self, x, context=None, mask=None, **kwargs)); like them it ignores
-    sgm's `additional_tokens`. Projections, heads and output projection are the module's own."""
+
+@dataclass
+class _CallLog:
+    """What the patched forwards saw during one model call."""
+
+    ran: set[int] = field(default_factory=set)  # id() of the patched modules that ran
+    error: str | None = None                     # why some rows that should be perturbed were not
+
+    def problem(self, modules: list[torch.nn.Module]) -> str | None:
+        if self.error:
+            return self.error
+        if any(id(module) not in self.ran for module in modules):
+            return "the chosen self-attention layers did not run (a custom UNet?)"
+        return None
+
+
+def _perturbed_forward(host: Callable, iterations: int, epsilon: float, rows: Rows | None, calls: _CallLog):
+    """An attn1 forward: the Sinkhorn attention on the perturbed rows (`rows`; None = all rows), `host` (the
+    forward that was there: the class's, or an instance wrapper such as hypertile's) on the others. Like the
+    host's forwards it ignores sgm's `additional_tokens`; a mask (never set for UNet self-attention) keeps the
+    host's attention. In a batched call a failure of the Sinkhorn part is recorded, not raised: the host's
+    call must go on (the adapter then falls back to the separate call, where an error turns ASAG off)."""
 
     def forward(self, x, context=None, mask=None, **kwargs):
-        if mask is not None:  # never set for UNet self-attention; keep the host's attention if it is
-            return type(self).forward(self, x, context=context, mask=mask, **kwargs)
-        context_k, context_v = _hypernetwork_contexts(x if context is None else context)
-        q, k, v = self.to_q(x), self.to_k(context_k), self.to_v(context_v)
-        out = sinkhorn.adversarial_sinkhorn_attention(q, k, v, heads=self.heads, iterations=iterations,
-                                                      epsilon=epsilon)
-        return self.to_out(out)
+        calls.ran.add(id(self))
+        if mask is not None:
+            return host(x, context=context, mask=mask, **kwargs)
+        if rows is None:
+            return _sinkhorn_attention(self, x, context, iterations, epsilon)
+        total, start, stop = rows
+        if x.shape[0] != total:  # something regrouped the batch on the way: do not guess where the rows went
+            calls.error = calls.error or f"attn1 got {x.shape[0]} rows in a call of {total}"
+            return host(x, context=context, **kwargs)
+        try:
+            return batching.mixed_rows(lambda x, c=None: host(x, context=c, **kwargs),
+                                       lambda x, c=None: _sinkhorn_attention(self, x, c, iterations, epsilon),
+                                       (x,) if context is None else (x, context), start, stop)
+        except Exception as e:
+            calls.error = calls.error or f"the perturbed attention failed: {type(e).__name__}: {e}"
+            return host(x, context=context, **kwargs)
 
     forward.asag = True
     return forward
 
 
 @contextmanager
-def patched_attention(modules: list[torch.nn.Module], iterations: int, epsilon: float) -> Iterator[None]:
+def patched_attention(modules: list[torch.nn.Module], iterations: int, epsilon: float, rows: Rows | None = None,
+                      calls: _CallLog | None = None) -> Iterator[_CallLog]:
     """Override `forward` on these module instances only, restoring whatever was there on exit."""
+    calls = _CallLog() if calls is None else calls
     saved: list[tuple[torch.nn.Module, Any]] = []
-    forward = _sinkhorn_forward(iterations, epsilon)
     try:
         for module in modules:
             saved.append((module, module.__dict__.get("forward", _MISSING)))
+            forward = _perturbed_forward(module.forward, iterations, epsilon, rows, calls)
             module.forward = types.MethodType(forward, module)
-        yield
+        yield calls
     finally:
         for module, previous in reversed(saved):
             if previous is _MISSING:
@@ -102,16 +157,59 @@ def patched_attention(modules: list[torch.nn.Module], iterations: int, epsilon: 
                 module.forward = previous
 
 
-def _perturbation(modules: list[torch.nn.Module], iterations: int, epsilon: float):
-    """The patch for the separate perturbed call: attn1 forwards in a UNet, the joint attention of the chosen
-    JointBlocks in SD3's MMDiT (lib_asag/a1111_sd3.py). SD3 always uses this separate call."""
-    if a1111_sd3.is_joint_block(modules[0]):
-        return a1111_sd3.patched_joint_attention(modules, iterations, epsilon)
-    return patched_attention(modules, iterations, epsilon)
+@dataclass(frozen=True)
+class UNetSelfAttention:
+    """The perturbation for SD1.x/SD2.x/SDXL UNets: Sinkhorn attention at the chosen attn1 layers."""
+
+    params: asag_params.ASAGParams
+    batch_off: ClassVar[str | None] = None  # why this perturbation can never share the host's call
+
+    def modules(self, sd_model: Any) -> list[torch.nn.Module] | None:
+        """The attn1 modules to perturb in this model; None when the spec names none of its layers."""
+        available = layers.find_self_attention(_unet(sd_model))
+        try:
+            refs = layers.resolve_layers(self.params.layer_spec(layers.model_family(sd_model, available)), available)
+        except layers.LayerSpecError as e:
+            log.warning("ASAG: %s; no ASAG with this model (e.g. the refiner).", e)
+            return None
+        return [available[ref] for ref in refs]
+
+    def patched(self, modules: list[torch.nn.Module], rows: Rows | None = None):
+        """Context manager: these modules perturb `rows` (None = every row) until exit; yields a _CallLog."""
+        return patched_attention(modules, self.params.iterations, self.params.epsilon, rows)
+
+
+@dataclass(frozen=True)
+class SD3JointAttention(UNetSelfAttention):
+    """SD3: Sinkhorn joint attention in the chosen MMDiT JointBlocks (found and resolved like attn1 layers)."""
+
+    batch_off: ClassVar[str | None] = "SD3's joint attention is perturbed per block, not per row"
+
+    @contextmanager
+    def patched(self, modules: list[torch.nn.Module], rows: Rows | None = None) -> Iterator[_CallLog]:
+        if rows is not None:
+            raise ValueError(self.batch_off)
+        calls = _CallLog()
+        with a1111_sd3.patched_joint_attention(modules, self.params.iterations, self.params.epsilon, calls.ran):
+            yield calls
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Per-pass state
+
+@dataclass
+class _Batch:
+    """The perturbed rows ASAG inserted into one step's host call, and the inner-model wrapper finding them."""
+
+    base: torch.Tensor                 # the x this step's host calls slice (CFGDenoiserParams.x after insertion)
+    start: int                         # perturbed rows are [start, stop) of base
+    stop: int
+    modules: list[torch.nn.Module]
+    covered: int = 0                   # perturbed rows that went through a patched call
+    problem: str | None = None
+    inner: Any = None                  # the inner model whose forward is wrapped, and what was there
+    previous: Any = _MISSING
+
 
 @dataclass
 class _Step:
@@ -120,48 +218,70 @@ class _Step:
     denoiser: Any
     inputs: Any                      # the CFGDenoiserParams object
     scale: float
+    conds_list: list[list[tuple[int, float]]] = field(default_factory=list)
+    modules: list[torch.nn.Module] = field(default_factory=list)
+    batch: _Batch | None = None
     term: torch.Tensor | None = None
     reference: torch.Tensor | None = None
+
+    @property
+    def n_cond(self) -> int:
+        return sum(len(conds) for conds in self.conds_list)
 
 
 @dataclass
 class _Session:
     p: Any
     params: asag_params.ASAGParams
-    layer_cache: dict[int, tuple[torch.nn.Module, list[torch.nn.Module] | None]] = field(default_factory=dict)
+    perturbation: UNetSelfAttention
+    layer_cache: dict[int, tuple[torch.nn.Module, list[torch.nn.Module] | None, str | None]] = field(default_factory=dict)
     pending: _Step | None = None
     applied_steps: int = 0
     failed: bool = False
+    batch_off: str | None = None     # why the perturbed rows are not batched, for the rest of the pass
+    logged_mode: str | None = None
 
 
 _session: _Session | None = None
 
 
-def _chosen_modules(session: _Session, sd_model: Any) -> list[torch.nn.Module] | None:
-    """The attn1 modules to perturb in this model (cached per UNet; the refiner has its own)."""
+def _replaced_forward(unet: torch.nn.Module) -> str | None:
+    """Where another extension replaced a forward in the UNet (it may read the batch), or None.
+
+    ControlNet (Mikubill sd-webui-controlnet scripts/hook.py UnetHook.hook at 56cec5b2) sets `forward` on the
+    UNet instance, whose batch size, cond marks and per-row hints follow the host's rows, and `_forward` on
+    BasicTransformerBlocks for reference attention. hypertile (extensions-builtin/hypertile) wraps some
+    attention forwards in place, row by row (batch stays the outer dimension): that one is fine."""
+    for name, module in unet.named_modules():
+        replaced = [attr for attr in ("forward", "_forward") if attr in module.__dict__]
+        if replaced and not hasattr(module, "__webui_hypertile_params"):
+            where = f"{name}.{replaced[0]}" if name else f"the UNet's {replaced[0]}"
+            return f"another extension replaced {where} (e.g. ControlNet)"
+    return None
+
+
+def _model_state(session: _Session, sd_model: Any) -> tuple[list[torch.nn.Module] | None, str | None]:
+    """(modules to perturb, why not to batch) for this model, once per pass (the refiner has its own)."""
     unet = _unet(sd_model)
     cached = session.layer_cache.get(id(unet))
-    if cached is not None and cached[0] is unet:
-        return cached[1]
-    available = layers.find_self_attention(unet)
-    try:
-        refs = layers.resolve_layers(session.params.layer_spec(layers.model_family(sd_model, available)), available)
-        modules = [available[ref] for ref in refs]
-    except layers.LayerSpecError as e:
-        log.warning("ASAG: %s; no ASAG with this model (e.g. the refiner).", e)
-        modules = None
-    session.layer_cache[id(unet)] = (unet, modules)
-    return modules
+    if cached is None or cached[0] is not unet:
+        cached = (unet, session.perturbation.modules(sd_model), _replaced_forward(unet))
+        session.layer_cache[id(unet)] = cached
+    return cached[1], cached[2]
 
 
 def _tokens(cond: Any) -> int:
     return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[1]
 
 
-def _cond_rows(inputs: Any, denoiser: Any) -> Any:
-    """text_cond as the cond rows were really run: with `pad_cond_uncond` the host pads a shorter cond with
-    empty-prompt tokens after the callback (in place for dict conds only), so redo it for tensors."""
-    cond, uncond = inputs.text_cond, inputs.text_uncond
+def _rows_of(cond: Any) -> int:
+    return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[0]
+
+
+def _cond_rows(inputs: Any, denoiser: Any, n_cond: int) -> Any:
+    """The cond rows of text_cond as the host really ran them: with `pad_cond_uncond` the host pads a shorter
+    cond with empty-prompt tokens after the callback (in place for dict conds only), so redo it for tensors."""
+    cond, uncond = _subscript(inputs.text_cond, 0, n_cond), inputs.text_uncond
     if not getattr(denoiser, "padded_cond_uncond", False) or _tokens(cond) >= _tokens(uncond):
         return cond
     from modules import shared, sd_samplers_cfg_denoiser as host
@@ -190,34 +310,163 @@ def _conds_list(denoiser: Any) -> list[list[tuple[int, float]]]:
     return prompt_parser.reconstruct_multicond_batch(denoiser.sampler.sampler_extra_args["cond"], denoiser.step)[0]
 
 
-def _perturbed_prediction(session: _Session, step: _Step, n_cond: int, batch_size: int) -> torch.Tensor | None:
-    """inner_model on the cond rows with the chosen attn1 layers perturbed; None when this model has none."""
-    from modules import shared
-    modules = _chosen_modules(session, shared.sd_model)
-    if not modules:
+# ---------------------------------------------------------------------------------------------------------
+# Batched: the perturbed rows in the host's call
+
+def _later_callbacks() -> str | None:
+    """Another extension's callback that would see the inserted rows: any cfg_denoised callback (it gets
+    x_out) or a cfg_denoiser callback after ASAG's (it gets the longer x). None when there is none."""
+    from modules import script_callbacks
+    ordered = getattr(script_callbacks, "ordered_callbacks", None)  # v1.9+; v1.8.0 runs callback_map in order
+
+    def callbacks(category: str) -> list:
+        return list(ordered(category) if ordered else script_callbacks.callback_map[f"callbacks_{category}"])
+
+    def other(entries: list) -> list:
+        return [c for c in entries if getattr(c.callback, "__module__", None) != __name__]
+
+    denoiser = callbacks("cfg_denoiser")
+    ours = [i for i, c in enumerate(denoiser) if c.callback is _on_cfg_denoiser]
+    for category, entries in (("cfg_denoiser", denoiser[ours[0] + 1:] if ours else []),
+                              ("cfg_denoised", callbacks("cfg_denoised"))):
+        found = other(entries)
+        if found:
+            name = getattr(found[0], "name", None) or found[0].script
+            return f"another extension's {category} callback ({name}) would see the extra rows"
+    return None
+
+
+def _batch_reason(session: _Session, step: _Step, unet_reason: str | None) -> str | None:
+    """Why this step's perturbed rows cannot go into the host's call, or None."""
+    if session.batch_off is not None:
+        return session.batch_off
+    reason = session.perturbation.batch_off or batching.switched_off() or unet_reason or _later_callbacks()
+    if reason:
+        return reason
+    inputs, n_cond, batch_size = step.inputs, step.n_cond, len(step.conds_list)
+    shapes = {"x": inputs.x.shape[0], "sigma": inputs.sigma.shape[0], "image_cond": inputs.image_cond.shape[0]}
+    if set(shapes.values()) != {n_cond + batch_size} or _rows_of(inputs.text_cond) != n_cond:
+        return f"unexpected row layout {shapes}, {_rows_of(inputs.text_cond)} text rows, {n_cond} conds"
+    return None
+
+
+def _repeat_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """[rows 0..n-1, the same again, the rest]."""
+    return torch.cat([t[:n], t[:n], t[n:]])
+
+
+def _insert_rows(step: _Step) -> _Batch:
+    """Insert a copy of the cond rows after them in everything the host reads back from CFGDenoiserParams."""
+    inputs, n = step.inputs, step.n_cond
+    cond = inputs.text_cond
+    text = type(cond)({k: torch.cat([v, v]) for k, v in cond.items()}) if isinstance(cond, dict) else torch.cat([cond, cond])
+    x, sigma, image_cond = (_repeat_rows(t, n) for t in (inputs.x, inputs.sigma, inputs.image_cond))
+    inputs.x, inputs.sigma, inputs.image_cond, inputs.text_cond = x, sigma, image_cond, text
+    return _Batch(x, n, 2 * n, step.modules)
+
+
+def _row_offset(view: torch.Tensor, base: torch.Tensor) -> int | None:
+    """Which row of `base` the rows of `view` start at, when `view` is `base[a:b]` (how the host slices x_in)."""
+    if (not isinstance(view, torch.Tensor) or view.dtype != base.dtype or view.device != base.device
+            or view.shape[1:] != base.shape[1:] or view.stride() != base.stride()):
         return None
-    inputs, denoiser = step.inputs, step.denoiser
-    cond = _cond_rows(inputs, denoiser)
+    row_bytes = base.stride(0) * base.element_size()
+    delta = view.data_ptr() - base.data_ptr()
+    if row_bytes == 0 or delta % row_bytes:
+        return None
+    offset = delta // row_bytes
+    return offset if 0 <= offset <= base.shape[0] - view.shape[0] else None
+
+
+def _inner_forward(session: _Session, step: _Step, host_forward: Callable) -> Callable:
+    """The inner model's forward for one step: each host call with perturbed rows runs with the chosen layers
+    patched for exactly those rows (installed and removed around that call only)."""
+    batch = step.batch
+
+    def forward(x, sigma, **kwargs):
+        offset = _row_offset(x, batch.base)
+        if session.pending is not step or offset is None:
+            return host_forward(x, sigma, **kwargs)
+        start, stop = max(batch.start - offset, 0), min(batch.stop - offset, x.shape[0])
+        if start >= stop:
+            return host_forward(x, sigma, **kwargs)
+        with session.perturbation.patched(batch.modules, (x.shape[0], start, stop)) as calls:
+            out = host_forward(x, sigma, **kwargs)
+        problem = calls.problem(batch.modules)
+        if problem:
+            batch.problem = batch.problem or problem
+        else:
+            batch.covered += stop - start
+        return out
+
+    forward.asag = True
+    return forward
+
+
+def _wrap_inner_model(session: _Session, step: _Step) -> None:
+    inner = step.denoiser.inner_model
+    batch = step.batch
+    batch.inner, batch.previous = inner, inner.__dict__.get("forward", _MISSING)
+    inner.forward = _inner_forward(session, step, inner.forward)
+
+
+def _unwrap_inner_model(batch: _Batch | None) -> None:
+    """Idempotent: put back the inner model's forward (it belongs to the sampler, which outlives a step)."""
+    if batch is None or batch.inner is None:
+        return
+    inner, batch.inner = batch.inner, None
+    if batch.previous is _MISSING:
+        inner.__dict__.pop("forward", None)
+    else:
+        inner.forward = batch.previous
+
+
+def _batched_prediction(step: _Step, x_out: torch.Tensor) -> tuple[torch.Tensor | None, str | None]:
+    """Rows [n, 2n) of x_out when every inserted row ran perturbed; else None and why."""
+    batch = step.batch
+    if batch is None:
+        return None, None
+    if x_out.shape[0] != batch.base.shape[0]:  # with skip_uncond too: the host appends B fake uncond rows
+        return None, f"x_out has {x_out.shape[0]} rows, the host's call {batch.base.shape[0]}"
+    if batch.problem or batch.covered != batch.stop - batch.start:
+        return None, batch.problem or f"{batch.covered} of {batch.stop - batch.start} inserted rows ran perturbed"
+    return x_out[batch.start:batch.stop], None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Separate: the perturbed rows in a call of their own
+
+def _separate_prediction(session: _Session, step: _Step) -> torch.Tensor:
+    """inner_model on the cond rows with the chosen attn1 layers perturbed."""
+    from modules import shared
+    inputs, denoiser, n_cond = step.inputs, step.denoiser, step.n_cond
+    cond = _cond_rows(inputs, denoiser, n_cond)
     x, sigma, image_cond = inputs.x[:n_cond], inputs.sigma[:n_cond], inputs.image_cond[:n_cond]
     # batch_cond_uncond off: the host runs batch_size rows per call (low VRAM); do the same.
-    chunk = n_cond if shared.opts.batch_cond_uncond else batch_size
+    chunk = n_cond if shared.opts.batch_cond_uncond else len(step.conds_list)
     outs = []
-    with torch.no_grad(), _perturbation(modules, session.params.iterations, session.params.epsilon):
+    with torch.no_grad(), session.perturbation.patched(step.modules) as calls:
         for a in range(0, n_cond, chunk):
             b = min(a + chunk, n_cond)
             outs.append(denoiser.inner_model(x[a:b], sigma[a:b],
                                              cond=_condition_dict(_subscript(cond, a, b), image_cond[a:b])))
+    problem = calls.problem(step.modules)
+    if problem:
+        raise RuntimeError(problem)
     return torch.cat(outs)
 
 
 def _compute_term(session: _Session, step: _Step, x_out: torch.Tensor) -> None:
-    conds_list = _conds_list(step.denoiser)
-    n_cond = sum(len(conds) for conds in conds_list)
-    if x_out.shape[0] < n_cond or step.inputs.x.shape[0] < n_cond:
+    conds_list, n_cond = step.conds_list, step.n_cond
+    if x_out.shape[0] < n_cond + len(conds_list):
         raise RuntimeError(f"unexpected batch layout: {n_cond} cond rows, x_out has {x_out.shape[0]}")
-    perturbed = _perturbed_prediction(session, step, n_cond, len(conds_list))
+    perturbed, reason = _batched_prediction(step, x_out)
+    if step.batch is not None and reason is not None:
+        session.batch_off = reason  # do not insert rows again this pass
+    session.logged_mode = batching.log_mode(None if perturbed is not None else reason or session.batch_off,
+                                            session.logged_mode)
     if perturbed is None:
-        return
+        perturbed = _separate_prediction(session, step)
     per_row = guidance.asag_term(x_out[:n_cond], perturbed.to(x_out.dtype), step.scale)
     term = torch.zeros_like(x_out[:len(conds_list)])
     for i, conds in enumerate(conds_list):
@@ -230,6 +479,8 @@ def _compute_term(session: _Session, step: _Step, x_out: torch.Tensor) -> None:
 def _fail(session: _Session, error: BaseException) -> None:
     """Turn ASAG off for the rest of this pass, say so once, and keep the infotext honest."""
     session.failed = True
+    if session.pending is not None:
+        _unwrap_inner_model(session.pending.batch)
     session.pending = None
     report_failure(session.p, session.applied_steps, error)
 
@@ -241,7 +492,7 @@ def _on_cfg_denoiser(params: Any) -> None:
     session = _session
     if session is None:
         return
-    session.pending = None
+    _forget_pending(session)
     denoiser = getattr(params, "denoiser", None)
     if session.failed or denoiser is None or getattr(denoiser, "p", None) is not session.p:
         return
@@ -250,8 +501,31 @@ def _on_cfg_denoiser(params: Any) -> None:
         return
     total = denoiser.total_steps or params.total_sampling_steps
     scale = guidance.effective_scale(session.params, denoiser.step, total)
-    if scale != 0.0:
-        session.pending = _Step(denoiser, params, scale)
+    if scale == 0.0:
+        return
+    step = _Step(denoiser, params, scale)
+    try:
+        step.conds_list = _conds_list(denoiser)
+        modules, unet_reason = _model_state(session, shared.sd_model)
+        if not modules:
+            return  # the spec names no layer of this model (e.g. the refiner): no ASAG on its steps
+        step.modules = modules
+        session.pending = step
+        reason = _batch_reason(session, step, unet_reason)
+        if reason is None:
+            step.batch = _insert_rows(step)
+            _wrap_inner_model(session, step)
+        else:
+            session.batch_off = reason
+    except Exception as e:
+        _fail(session, e)
+
+
+def _forget_pending(session: _Session) -> None:
+    """Drop the step in flight (e.g. the host's call raised before on_cfg_denoised) and its wrapper."""
+    if session.pending is not None:
+        _unwrap_inner_model(session.pending.batch)
+    session.pending = None
 
 
 def _on_cfg_denoised(params: Any) -> None:
@@ -259,6 +533,7 @@ def _on_cfg_denoised(params: Any) -> None:
     step = session.pending if session is not None else None
     if step is None:
         return
+    _unwrap_inner_model(step.batch)
     if params.inner_model is not step.denoiser.inner_model:
         session.pending = None
         return
@@ -333,12 +608,15 @@ class Adapter(AdapterBase):
             layers.resolve_layers(params.layer_spec(layers.model_family(sd_model, available)), available)
         except layers.LayerSpecError as e:
             return [f"{e}. Generating without ASAG."]
-        _session = _Session(p, params)
+        kind = SD3JointAttention if getattr(sd_model, "is_sd3", False) else UNetSelfAttention
+        _session = _Session(p, params, kind(params))
         _register()
         return []
 
     def teardown(self, p: Any = None) -> None:
         """Idempotent: forget the pass and remove the callbacks (patches never outlive one call)."""
         global _session
-        _session = None
+        session, _session = _session, None
+        if session is not None:
+            _forget_pending(session)
         _unregister()

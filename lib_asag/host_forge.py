@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from . import guidance, layers, params as asag_params, sinkhorn
+from . import batching, guidance, layers, params as asag_params, sinkhorn
 from .adapter_base import AdapterBase, edit_model_refusal, report_failure
 
 log = logging.getLogger("asag")
@@ -44,7 +44,7 @@ log = logging.getLogger("asag")
 HOSTS = ("forge", "forge_backend")
 CalcCond = Callable[[Any, list, torch.Tensor, torch.Tensor, dict], torch.Tensor]
 
-BATCH_PERTURBED = True  # False: always the separate call (e.g. to compare the two modes)
+BATCH_PERTURBED = True  # False (or env ASAG_BATCH=0, lib_asag/batching.py): always the separate call
 BATCH_MARK = "asag_normal_rows"  # transformer_options key: rows before it are the host's, after it ASAG's
 MEMORY_MARGIN = 1.5  # the stricter of the hosts' own batching margins (reForge _calc_cond_batch)
 # Cond entry keys that make the host weight, crop, skip or split entries (get_area_and_mult,
@@ -132,10 +132,11 @@ def batched_attn1(iterations: int, epsilon: float, attention: Callable) -> Calla
     def attn1_replace(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         rows, heads = extra_options[BATCH_MARK], extra_options["n_heads"]
         kwargs = {"attn_precision": extra_options["attn_precision"]} if "attn_precision" in extra_options else {}
-        normal = attention(q[:rows], k[:rows], v[:rows], heads, **kwargs)  # reForge passes attn_precision
-        perturbed = sinkhorn.adversarial_sinkhorn_attention(q[rows:], k[rows:], v[rows:], heads=heads,
-                                                            iterations=iterations, epsilon=epsilon)
-        return torch.cat([normal, perturbed.to(normal.dtype)])
+        return batching.mixed_rows(
+            lambda q, k, v: attention(q, k, v, heads, **kwargs),  # reForge passes attn_precision
+            lambda q, k, v: sinkhorn.adversarial_sinkhorn_attention(q, k, v, heads=heads, iterations=iterations,
+                                                                    epsilon=epsilon),
+            (q, k, v), rows, q.shape[0])
 
     attn1_replace.asag = True
     return attn1_replace
@@ -211,11 +212,7 @@ def _fail(session: _Session, error: BaseException) -> None:
 
 def _log_mode(session: _Session, reason: str | None) -> None:
     """Say once per pass (again only if it changes) how the perturbed prediction is computed."""
-    text = ("ASAG: perturbed pass batched with cond/uncond" if reason is None
-            else f"ASAG: perturbed pass in a separate call ({reason})")
-    if text != session.logged_mode:
-        session.logged_mode = text
-        log.info(text)
+    session.logged_mode = batching.log_mode(reason, session.logged_mode)
 
 
 def _cond_reason(cond: list) -> str | None:
@@ -422,8 +419,8 @@ def _install(clone: Any, session: _Session) -> None:
     # set_model_sampler_post_cfg_function(post_cfg_function, disable_cfg1_optimization=False).
     # cfg1 optimisation stays on: ASAG needs only the cond rows (D = D_c + s (D_c - D_asag)).
     clone.set_model_sampler_post_cfg_function(_post_cfg_function(session))
-    if not BATCH_PERTURBED:
-        session.batch_off = "batching switched off (host_forge.BATCH_PERTURBED)"
+    if not BATCH_PERTURBED or batching.switched_off():
+        session.batch_off = batching.switched_off() or "batching switched off (host_forge.BATCH_PERTURBED)"
     elif clone.model_options.get("model_function_wrapper") is not None:
         session.batch_off = "another extension's model_function_wrapper is installed"
     else:

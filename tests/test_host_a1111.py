@@ -89,8 +89,43 @@ LAYOUTS = {
 }
 
 
+BATCHED_LINE = "ASAG: perturbed pass batched with cond/uncond"
+
+
+def _mode(monkeypatch, mode):
+    """batched = the default; separate = forced with the documented switch (env ASAG_BATCH=0)."""
+    if mode == "separate":
+        monkeypatch.setenv("ASAG_BATCH", "0")
+    else:
+        monkeypatch.delenv("ASAG_BATCH", raising=False)
+
+
+def _mode_lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("ASAG: perturbed pass")]
+
+
+class _UNetCalls:
+    """Rows of every UNet call (a forward pre-hook: hooks are not what ASAG looks for in other extensions)."""
+
+    def __init__(self, model):
+        self.rows = []
+        model.model.diffusion_model.register_forward_pre_hook(lambda module, args: self.rows.append(args[0].shape[0]))
+
+
+def _run(env, monkeypatch, model, case, params, mode):
+    _mode(monkeypatch, mode)
+    p = _p(env, case, batch_size=len(case.conds))
+    assert env.host.Adapter().setup(p, params) == []
+    got = H.run_sampler(p, case)
+    env.host.Adapter().teardown(p)
+    return got
+
+
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_guided_result_matches_independent_reference(env, layout):
+def test_batched_and_separate_match_the_reference_and_each_other(env, layout, monkeypatch, caplog):
+    """Every host layout: the batched call (no extra UNet call) and the separate call give the same image,
+    and both match the independent reference."""
+    caplog.set_level("INFO", logger="asag")
     kind, case_kw, opts, ref_kw = LAYOUTS[layout]
     model = _model(env, kind)
     for key, value in opts.items():
@@ -100,17 +135,27 @@ def test_guided_result_matches_independent_reference(env, layout):
         case.image_cond = case.image_cond[:, :, 0, 0]
     paths, layers = (SDXL_PATHS, "middle") if kind == "sdxl" else (SD1_PATHS, SD1_LAYERS)
     params = _params(layers=layers, rescale=ref_kw.get("rescale", 0.0))
+    calls = _UNetCalls(model)
 
-    p = _p(env, case, batch_size=len(case.conds))
-    assert env.host.Adapter().setup(p, params) == []
-    got = H.run_sampler(p, case)
-    env.host.Adapter().teardown(p)
+    without = H.run_sampler(_p(env, case, batch_size=len(case.conds)), case)
+    plain_calls, calls.rows = calls.rows, []
+    batched = _run(env, monkeypatch, model, case, params, "batched")
+    batched_calls, calls.rows = calls.rows, []
+    assert _mode_lines(caplog) == [BATCHED_LINE]
+    separate = _run(env, monkeypatch, model, case, params, "separate")
+    assert _mode_lines(caplog)[1:] == ["ASAG: perturbed pass in a separate call (ASAG_BATCH=0)"]
 
+    # the perturbed rows rode along in the host's own calls (chunked by the host where it chunks: more calls)
+    assert sum(batched_calls) == sum(plain_calls) + len(case.sigmas[:-1]) * sum(len(c) for c in case.conds)
+    chunked = layout in ("cond_longer_than_uncond", "no_batch_cond_uncond")
+    assert len(batched_calls) == len(plain_calls) or chunked and len(batched_calls) <= len(calls.rows)
+    assert len(calls.rows) > len(plain_calls)  # the separate call
+    # float32 noise of different batch compositions, carried through 3 sampler steps
+    torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-4)
     expected = H.reference_run(model, case, scale=params.scale, layer_paths=paths, iterations=params.iterations,
                                epsilon=params.epsilon, **ref_kw)
-    without = H.run_sampler(_p(env, case, batch_size=len(case.conds)), case)
-    torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
-    assert (got - without).abs().max() > 1e-2  # ASAG really changed the result
+    torch.testing.assert_close(batched, expected, rtol=2e-4, atol=2e-4)
+    assert (batched - without).abs().max() > 1e-2  # ASAG really changed the result
     _assert_unpatched(model)
 
 
@@ -155,10 +200,11 @@ def _sdp_forward(self, x, context=None, mask=None, **kwargs):
 
 
 @pytest.mark.parametrize("optimisation", ["softmax", "sdp"])
-def test_only_chosen_layers_are_patched_and_only_in_the_extra_call(env, optimisation, monkeypatch):
+def test_separate_call_patches_only_chosen_layers_and_only_in_the_extra_call(env, optimisation, monkeypatch):
     import ldm.modules.attention as attention
     if optimisation == "sdp":
         monkeypatch.setattr(attention.CrossAttention, "forward", _sdp_forward)
+    _mode(monkeypatch, "separate")
     model = _model(env)
     case = H.make_case(model, and_prompt=False, steps=1)  # one step: main call 4 rows, extra call 2 rows
     recorder = _Recorder(model)
@@ -178,28 +224,62 @@ def test_only_chosen_layers_are_patched_and_only_in_the_extra_call(env, optimisa
     torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
 
 
-def test_error_inside_perturbed_pass_turns_asag_off_and_unpatches(env, caplog):
+@pytest.mark.parametrize("optimisation", ["softmax", "sdp"])
+def test_batched_call_perturbs_only_the_inserted_rows_at_the_chosen_layers(env, optimisation, monkeypatch):
+    """Rows [cond 0, cond 1 | perturbed 0, perturbed 1 | uncond 0, uncond 1] in one call; at the chosen layers
+    the host's forward sees rows 0, 1, 4, 5 only, every other layer all six rows."""
+    import ldm.modules.attention as attention
+    host_rows = []
+    base = _sdp_forward if optimisation == "sdp" else attention.CrossAttention.forward
+
+    def recording_forward(self, x, context=None, mask=None, **kwargs):
+        host_rows.append((self, x.shape[0]))
+        return base(self, x, context=context, mask=mask, **kwargs)
+
+    monkeypatch.setattr(attention.CrossAttention, "forward", recording_forward)
+    model = _model(env)
+    case = H.make_case(model, and_prompt=False, steps=1)
+    recorder = _Recorder(model)
+    p = _p(env, batch_size=2)
+    env.host.Adapter().setup(p, _params())
+    got = H.run_sampler(p, case)
+
+    assert {rows for _, rows, _ in recorder.calls} == {6}  # one call: 2 cond + 2 perturbed + 2 uncond rows
+    assert sorted({name for name, _, is_patched in recorder.calls if is_patched}) == sorted(SD1_PATHS)
+    chosen = {id(m) for n, m in model.model.diffusion_model.named_modules() if n in SD1_PATHS}
+    assert {rows for m, rows in host_rows if id(m) in chosen} == {4}
+    assert {rows for m, rows in host_rows if id(m) not in chosen} == {6}  # attn2 and the other attn1
+    _assert_unpatched(model)
+    assert "forward" not in p.sampler.model_wrap_cfg.inner_model.__dict__
+    expected = H.reference_run(model, case, scale=2.0, layer_paths=SD1_PATHS, iterations=2, epsilon=0.7)
+    torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_error_inside_perturbed_pass_turns_asag_off_and_unpatches(env, caplog, monkeypatch, mode):
+    """Batched: the host's call goes on with its own attention, then the separate call fails too -> ASAG off."""
+    from lib_asag import sinkhorn
     model = _model(env)
     case = H.make_case(model)
     baseline = H.run_sampler(_p(env, batch_size=2), case)
-    target = dict(model.named_modules())["model.diffusion_model." + SD1_PATHS[1]]
 
-    def explode(module, args):
-        if "forward" in module.__dict__:
-            raise RuntimeError("boom in the perturbed pass")
-    target.register_forward_pre_hook(explode)
-
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom in the perturbed pass")
+    monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention", explode)
+    _mode(monkeypatch, mode)
     p = _p(env, batch_size=2)
     p.extra_generation_params["ASAG scale"] = 2.0
     env.host.Adapter().setup(p, _params())
     got = H.run_sampler(p, case)
-    assert torch.equal(got, baseline)  # failed at the first step: no ASAG at all, a normal image
+    # failed at the first step: no ASAG at all, a normal image (batched: the first call had 3 more rows)
+    torch.testing.assert_close(got, baseline, rtol=1e-4, atol=1e-4)
     _assert_unpatched(model)
     assert "boom in the perturbed pass" in caplog.text
     assert "ASAG scale" not in p.extra_generation_params
     assert any("ASAG turned off" in c for c in p.comments)
     env.host.Adapter().teardown(p)
     assert _asag_callbacks(env) == []
+    assert "forward" not in p.sampler.model_wrap_cfg.inner_model.__dict__
 
 
 def test_error_in_another_extensions_callback_does_not_disturb_asag(env):
@@ -220,30 +300,37 @@ def test_error_in_another_extensions_callback_does_not_disturb_asag(env):
     p = _p(env, batch_size=2)
     env.host.Adapter().setup(p, _params())
     got = H.run_sampler(p, case)
-    torch.testing.assert_close(got, clean)
+    torch.testing.assert_close(got, clean, rtol=1e-4, atol=1e-4)  # batched before, separate call now
     _assert_unpatched(model)
 
 
-def test_exception_in_the_main_model_call_leaves_nothing_patched(env):
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_exception_in_the_main_model_call_leaves_nothing_patched(env, monkeypatch, mode):
     model = _model(env)
     case = H.make_case(model)
     calls = {"n": 0}
+    main_rows = 8 if mode == "batched" else 5  # 3 cond rows (AND) [+ 3 perturbed] + 2 uncond rows
 
     def fail_second_main_call(module, args):
-        if args[0].shape[0] == 5:  # main call: 3 cond rows (AND) + 2 uncond rows
+        if args[0].shape[0] == main_rows:
             calls["n"] += 1
             if calls["n"] == 2:
                 raise RuntimeError("CUDA out of memory (simulated)")
-    dict(model.named_modules())["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1"] \
-        .register_forward_pre_hook(fail_second_main_call)
+    dict(model.named_modules())["model.diffusion_model." + SD1_PATHS[0]].register_forward_pre_hook(fail_second_main_call)
+    _mode(monkeypatch, mode)
     p = _p(env, batch_size=2)
     env.host.Adapter().setup(p, _params())
     with pytest.raises(RuntimeError, match="out of memory"):
         H.run_sampler(p, case)
+    assert calls["n"] == 2
     _assert_unpatched(model)
+    env.host.Adapter().teardown(p)  # the script's next process/setup, or postprocess
+    assert "forward" not in p.sampler.model_wrap_cfg.inner_model.__dict__
 
 
-def test_interrupt_during_perturbed_pass_propagates_and_unpatches(env):
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_interrupt_during_perturbed_pass_propagates_and_unpatches(env, monkeypatch, mode):
+    _mode(monkeypatch, mode)
     model = _model(env)
     case = H.make_case(model)
     target = dict(model.named_modules())["model.diffusion_model." + SD1_PATHS[0]]
@@ -257,6 +344,8 @@ def test_interrupt_during_perturbed_pass_propagates_and_unpatches(env):
     env.host.Adapter().setup(p, _params())
     H.run_sampler(p, case)  # the sampler's InterruptedException catch returns the last latent
     _assert_unpatched(model)
+    env.host.Adapter().teardown(p)
+    assert "forward" not in p.sampler.model_wrap_cfg.inner_model.__dict__
 
 
 def test_skip_state_skips_the_extra_call(env):
@@ -402,7 +491,9 @@ def _assert_attention_unpatched(model):
 
 
 @pytest.mark.parametrize("units,cfg_injection", [(1, False), (1, True), (3, True)])
-def test_controlnet_sees_cond_rows_in_the_extra_call(env, units, cfg_injection):
+def test_controlnet_sees_cond_rows_in_the_extra_call(env, units, cfg_injection, caplog):
+    """ControlNet's hooked UNet forward reads the batch (cond marks, per-row hints): the separate call."""
+    caplog.set_level("INFO", logger="asag")
     model = _model(env)
     g = torch.Generator().manual_seed(11)
     hints = [(0.5 + i, torch.randn(1, 4, 8, 8, generator=g)) for i in range(units)]
@@ -417,6 +508,9 @@ def test_controlnet_sees_cond_rows_in_the_extra_call(env, units, cfg_injection):
     extra = [uc for rows, uc in seen if rows == 3]  # 3 cond rows (AND on image 2); main call has 5
     assert extra and all(uc == [] for uc in extra)
     assert all(uc == [3, 4] for rows, uc in seen if rows == 5)
+    assert _mode_lines(caplog) == ["ASAG: perturbed pass in a separate call "
+                                   "(another extension replaced the UNet's forward (e.g. ControlNet))"]
+    assert {r.levelname for r in caplog.records if "separate call" in r.getMessage()} == {"WARNING"}  # shown
     _assert_attention_unpatched(model)
     expected = H.reference_run(model, case, scale=2.0, layer_paths=SD1_PATHS, iterations=2, epsilon=0.7)
     torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
@@ -437,3 +531,84 @@ def test_controlnet_per_row_hints_that_cannot_broadcast_turn_asag_off(env, caplo
     assert torch.equal(got, baseline)
     assert "perturbed pass failed" in caplog.text
     _assert_attention_unpatched(model)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where batching is not safe: the separate call, one log line saying why, the same image
+
+def _reader(params):
+    """Another extension's callback that only reads (e.g. ControlNet's guidance_schedule_handler)."""
+    params.sampling_step
+
+
+def _row_by_row_block_forward(self, x, context=None):
+    """A class-level hack ASAG cannot see that calls attn1 once per row: the inserted rows cannot be found
+    in those calls, so the step falls back at run time (the normal rows are unaffected: row-wise)."""
+    x = torch.cat([self.attn1(self.norm1(row)) for row in x.split(1)]) + x
+    x = self.attn2(self.norm2(x), context=context) + x
+    return self.ff(self.norm3(x)) + x
+
+
+def _hypertile_like(module):
+    """extensions-builtin/hypertile: an instance forward wrapper, marked `__webui_hypertile_params`, that splits
+    the tokens into tiles as extra rows, batch outer ("b (nh h nw w) c -> (b nh nw) (h w) c")."""
+    host = module.forward
+
+    def wrapper(x, *args, **kwargs):
+        b, n, c = x.shape
+        out = host(x.reshape(b * 2, n // 2, c), *args, **kwargs)
+        return out.reshape(b, n, c)
+
+    setattr(module, "__webui_hypertile_params", object())
+    module.forward = wrapper
+
+
+FALLBACKS = {
+    # name: (what to do before setup, what to do after setup, expected reason in the log line or None = batched)
+    "cfg_denoised_callback": (None, lambda env, model, mp: env.callbacks.on_cfg_denoised(_reader),
+                              "cfg_denoised callback"),
+    "cfg_denoiser_callback_after_asag": (None, lambda env, model, mp: env.callbacks.on_cfg_denoiser(_reader),
+                                         "cfg_denoiser callback"),
+    "cfg_denoiser_callback_before_asag": (lambda env, model, mp: env.callbacks.on_cfg_denoiser(_reader), None,
+                                          None),
+    "reference_attention_block": (lambda env, model, mp: setattr(
+        model.model.diffusion_model.middle_block[1].transformer_blocks[0], "_forward",
+        types.MethodType(type(model.model.diffusion_model.middle_block[1].transformer_blocks[0])._forward,
+                         model.model.diffusion_model.middle_block[1].transformer_blocks[0])),
+        None, "transformer_blocks.0._forward"),
+    "rows_split_in_the_unet": (lambda env, model, mp: mp.setattr(
+        __import__("ldm.modules.attention", fromlist=["x"]).BasicTransformerBlock, "_forward",
+        _row_by_row_block_forward), None, "attn1 got 1 rows in a call of 8"),
+    "hypertile_on_a_chosen_layer": (lambda env, model, mp: _hypertile_like(
+        dict(model.named_modules())["model.diffusion_model." + SD1_PATHS[0]]), None, None),
+}
+
+
+@pytest.mark.parametrize("case_name", list(FALLBACKS))
+def test_unsafe_batching_falls_back_to_the_separate_call(env, monkeypatch, caplog, case_name):
+    caplog.set_level("INFO", logger="asag")
+    before, after, reason = FALLBACKS[case_name]
+    results = {}
+    for mode in ("batched", "separate"):
+        model = _model(env)
+        case = H.make_case(model)
+        env.callbacks.clear_callbacks()
+        if before:
+            before(env, model, monkeypatch)
+        calls = _UNetCalls(model)
+        _mode(monkeypatch, mode)
+        p = _p(env, batch_size=2)
+        assert env.host.Adapter().setup(p, _params()) == []
+        if after:
+            after(env, model, monkeypatch)
+        results[mode] = H.run_sampler(p, case), calls.rows
+        env.host.Adapter().teardown(p)
+    lines = _mode_lines(caplog)
+    if reason is None:
+        assert lines[0] == BATCHED_LINE
+        assert len(results["batched"][1]) < len(results["separate"][1])
+    else:
+        assert len(lines) == 2 and reason in lines[0], lines  # one line per pass, then the forced separate one
+        assert lines[0].startswith("ASAG: perturbed pass in a separate call (")
+        assert len(results["batched"][1]) == len(results["separate"][1])
+    torch.testing.assert_close(results["batched"][0], results["separate"][0], rtol=1e-4, atol=1e-4)

@@ -127,3 +127,30 @@ def test_real_ldm_perturbed_pass_matches_reference(real_ldm, monkeypatch, optimi
     assert not [n for n, m in unet.named_modules() if "forward" in m.__dict__]
     assert (perturbed - plain).abs().max() > 1e-3
     torch.testing.assert_close(perturbed, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimised", [False, True])
+def test_real_ldm_batched_rows_match_separate_calls(real_ldm, monkeypatch, optimised):
+    """The batched mode's patch on the real UNet: one call of rows [cond | perturbed | uncond] with rows [2, 4)
+    perturbed gives what a plain call on the other rows and a fully perturbed call on rows [2, 4) give."""
+    from lib_asag import host_a1111, layers
+    if optimised:
+        monkeypatch.setattr(real_ldm.attention.CrossAttention, "forward", _sdp_forward)
+    unet = _unet(real_ldm.openaimodel)
+    found = layers.find_self_attention(unet)
+    modules = [found[ref] for ref in layers.resolve_layers("middle, output.1", found)]
+    x, t, context = _inputs()
+    x, t, context = torch.cat([x, x, x]), torch.cat([t, t, t]), torch.cat([context, context, context])
+    normal = torch.tensor([0, 1, 4, 5])
+    with torch.no_grad():
+        with host_a1111.patched_attention(modules, iterations=3, epsilon=0.8, rows=(6, 2, 4)) as calls:
+            batched = unet(x, t, context=context)
+        plain = unet(x[normal], t[normal], context=context[normal])
+        with host_a1111.patched_attention(modules, iterations=3, epsilon=0.8):
+            perturbed = unet(x[2:4], t[2:4], context=context[2:4])
+
+    assert calls.problem(modules) is None
+    assert not [n for n, m in unet.named_modules() if "forward" in m.__dict__]
+    assert (perturbed - plain[:2]).abs().max() > 1e-3
+    torch.testing.assert_close(batched[normal], plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched[2:4], perturbed, rtol=1e-4, atol=1e-5)

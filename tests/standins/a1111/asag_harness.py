@@ -98,7 +98,7 @@ def run_sampler(p, case: Case) -> torch.Tensor:
 
     if case.mask is not None:
         p.init_latent, p.mask, p.nmask = case.init_latent, case.mask, 1.0 - case.mask
-    sampler = KDiffusionSampler(p)
+    sampler = p.sampler = KDiffusionSampler(p)  # processing.py keeps the sampler on p too
     with torch.no_grad():
         return sampler.sample(case.x.clone(), case.sigmas, prompt_parser.multicond(case.conds),
                               prompt_parser.plain(case.unconds), case.image_cond, case.cfg, case.s_min_uncond)
