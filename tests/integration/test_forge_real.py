@@ -10,7 +10,8 @@ dfdcbab6). For example, from the Forge snapshot (`fetch github:lllyasviel/stable
 Each checkout runs in its own process (forge_real_driver.py): a small random-weight real UNet in the real
 UnetPatcher, sampled through the host's real sampling function with ASAG's clone and post-CFG function, compared
 with an independent float64 reference: 5 cases with another extension's model_function_wrapper installed (ASAG's
-separate perturbed call) and 3 without (perturbed rows batched into the host's one model call). Host dependencies (psutil, torchsde; reForge: torchdiffeq; backend:
+separate perturbed call) and 3 without (perturbed rows batched into the host's one model call); on `backend/`
+checkouts also 7 cases on the real Flux, Chroma and SD3.5 (MMDiT-X) transformers (forge_real_dit.py). Host dependencies (psutil, torchsde; reForge: torchdiffeq; backend:
 diffusers, transformers, tokenizers, huggingface-hub, gguf's sentencepiece) come from the environment (e.g.
 PYTHONPATH); a missing one skips that checkout and names it.
 """
@@ -47,4 +48,7 @@ def test_asag_on_real_forge_sampling(checkout):
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(last)
     assert [case["mode"] for case in report["cases"]] == ["separate"] * 5 + ["batched"] * 3
+    if report["host"] == "forge_backend":  # Flux, Chroma, SD3.5 transformers (forge_real_dit.py)
+        assert {case["model"] for case in report["dit"]["cases"]} == {
+            "IntegratedFluxTransformer2DModel", "IntegratedChromaTransformer2DModel", "MMDiTX"}
     print(json.dumps(report, indent=1))
