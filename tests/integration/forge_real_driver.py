@@ -94,7 +94,7 @@ def placeholder_webui_shared() -> bool:
     try:
         import modules.shared  # noqa: F401
         return False
-    except Exception:
+    except (Exception, SystemExit):  # a full WebUI's modules.shared parses the command line (Forge cmd_args)
         for name in [n for n in sys.modules if n.startswith("modules.shared") or n == "gradio"]:
             del sys.modules[name]
     shared = types.ModuleType("modules.shared")
@@ -154,6 +154,8 @@ class Backend:
 
     def __init__(self, checkout: str):
         sys.path.insert(0, os.path.join(checkout, "packages_3rdparty"))  # as modules_forge/initialization.py does
+        # A full WebUI tree also has `modules/` (the adapter reads modules.shared.state): placeholder if needed.
+        self.shared_placeholder = placeholder_webui_shared()
         from backend import args as backend_args
         backend_args.args.always_cpu = True  # memory_management asserts CUDA otherwise
         from backend.modules.k_prediction import Prediction
