@@ -27,6 +27,10 @@ The wrapper returns the normal rows to the host and keeps the perturbed ones for
 which then needs no second call. It falls back to the separate call (and logs why) when another wrapper
 is installed, with ControlNet, per-cond areas/masks/schedules, unequal AND weights, another attn1 patch at
 a chosen layer, model inputs it does not know, or too little free memory for the larger batch.
+
+Diffusion transformers on Forge's backend (SD3.5, Flux, Chroma) use the same clone, post-CFG function and
+session; only the perturbed prediction differs (no attn1 patches there): lib_asag/host_forge_dit.py, always in a
+separate call.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from . import batching, guidance, layers, params as asag_params, sinkhorn
+from . import batching, guidance, host_forge_dit, layers, params as asag_params, sinkhorn
 from .adapter_base import AdapterBase, edit_model_refusal, report_failure
 
 log = logging.getLogger("asag")
@@ -184,6 +188,7 @@ class _Session:
     capture: _Capture | None = None
     closed_sigma: Any = None  # sigma of the evaluation whose normal pass is over
     logged_mode: str | None = None
+    predict: Callable[[Any, dict], torch.Tensor] | None = None  # separate perturbed call; None = attn1 patches
 
 
 _session: _Session | None = None
@@ -258,7 +263,7 @@ def _guided(session: _Session, args: dict, scale: float) -> torch.Tensor:
     perturbed, reason = _batched_prediction(session, args)
     _log_mode(session, reason)
     if perturbed is None:
-        perturbed = _separate_prediction(session, args)
+        perturbed = (session.predict or _separate_prediction)(session, args)
     if perturbed.shape != denoised.shape:
         raise RuntimeError(f"perturbed prediction has shape {tuple(perturbed.shape)}, "
                            f"CFG result {tuple(denoised.shape)}")
@@ -419,7 +424,9 @@ def _install(clone: Any, session: _Session) -> None:
     # set_model_sampler_post_cfg_function(post_cfg_function, disable_cfg1_optimization=False).
     # cfg1 optimisation stays on: ASAG needs only the cond rows (D = D_c + s (D_c - D_asag)).
     clone.set_model_sampler_post_cfg_function(_post_cfg_function(session))
-    if not BATCH_PERTURBED or batching.switched_off():
+    if session.predict is not None:
+        session.batch_off = "diffusion transformer"  # host_forge_dit: the swap lives in ASAG's own call only
+    elif not BATCH_PERTURBED or batching.switched_off():
         session.batch_off = batching.switched_off() or "batching switched off (host_forge.BATCH_PERTURBED)"
     elif clone.model_options.get("model_function_wrapper") is not None:
         session.batch_off = "another extension's model_function_wrapper is installed"
@@ -437,8 +444,8 @@ def _unsupported(sd_model: Any, diffusion_model: Any, available: dict) -> str | 
         return refusal
     if not available:
         kind = type(diffusion_model).__name__
-        return (f"ASAG needs a UNet with self-attention layers (SD1.x, SD2.x, SDXL); this model ({kind}) has "
-                "none. Generating without ASAG.")
+        return (f"ASAG needs self-attention layers (a SD1.x / SD2.x / SDXL UNet, or SD3 / Flux / Chroma blocks); "
+                f"this model ({kind}) has none. Generating without ASAG.")
     return None
 
 
@@ -468,16 +475,20 @@ class Adapter(AdapterBase):
             return ["ASAG: this model has no Forge UNet patcher (forge_objects.unet). Generating without ASAG."]
         diffusion_model = unet.model.diffusion_model
         available = layers.find_self_attention(diffusion_model)
-        refusal = _unsupported(sd_model, diffusion_model, available)
+        dit = host_forge_dit.is_dit(available)
+        refusal = _unsupported(sd_model, diffusion_model, available) or (
+            host_forge_dit.refusal(diffusion_model, self.name, available) if dit else None)
         if refusal:
             return [refusal]
+        family = (host_forge_dit.family(diffusion_model) if dit else None) or layers.model_family(sd_model, available)
         try:
-            refs = layers.resolve_layers(params.layer_spec(layers.model_family(sd_model, available)), available)
+            refs = layers.resolve_layers(params.layer_spec(family), available)
         except layers.LayerSpecError as e:
             return [f"{e}. Generating without ASAG."]
         clone = unet.clone()
         _drop_asag_functions(clone)
-        session = _Session(p, params, refs, cond_batch_function(self.name), unet, clone, host=self.name)
+        session = _Session(p, params, refs, cond_batch_function(self.name), unet, clone, host=self.name,
+                           predict=host_forge_dit.separate_prediction if dit else None)
         _install(clone, session)
         sd_model.forge_objects.unet = clone
         _session = session

@@ -293,15 +293,8 @@ def test_progress_falls_back_to_the_shared_state_counters(host):
 
 # ----------------------------------------------------------------------------------------------- refusals
 
-def _no_attention_model(host_name):
-    if host_name == "forge_backend":
-        return {"family": "flux"}
-    return {"diffusion_model": torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1))}
-
-
-def test_models_without_unet_self_attention_are_refused_cleanly(host):
-    kwargs = _no_attention_model(host.name)
-    p = host.processing_for(**kwargs) if "family" in kwargs else host.processing_for("sd1", **kwargs)
+def test_models_without_self_attention_are_refused_cleanly(host):
+    p = host.processing_for("sd1", diffusion_model=torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1)))
     shared = p.sd_model.forge_objects.unet
     options = copy.deepcopy(shared.model_options)
     _, messages = setup(host, p)

@@ -9,7 +9,8 @@ exits non-zero on any failed check. Called by test_forge_real.py.
 .sampling_function` (so the real `calc_cond_uncond_batch` / `calc_cond_batch` and post-CFG path).
 `backend/` checkouts (Forge dfdcbab6): the real `backend.nn.unet.IntegratedUNet2DConditionModel` in a
 `backend.modules.k_model.KModel`, the real `backend.patcher.unet.UnetPatcher`,
-`backend.sampling.sampling_function.sampling_function_inner`, and a real Flux model for the refusal.
+`backend.sampling.sampling_function.sampling_function_inner`; and the real Flux, Chroma and SD3.5 (MMDiT-X)
+transformers (forge_real_dit.py).
 
 Each checkout runs both modes of the perturbed pass: "separate" cases install a recording
 `model_function_wrapper` first (another extension's wrapper: ASAG must fall back to its own call), "batched"
@@ -93,7 +94,7 @@ def placeholder_webui_shared() -> bool:
     try:
         import modules.shared  # noqa: F401
         return False
-    except Exception:
+    except (Exception, SystemExit):  # a full WebUI's modules.shared parses the command line (Forge cmd_args)
         for name in [n for n in sys.modules if n.startswith("modules.shared") or n == "gradio"]:
             del sys.modules[name]
     shared = types.ModuleType("modules.shared")
@@ -153,6 +154,8 @@ class Backend:
 
     def __init__(self, checkout: str):
         sys.path.insert(0, os.path.join(checkout, "packages_3rdparty"))  # as modules_forge/initialization.py does
+        # A full WebUI tree also has `modules/` (the adapter reads modules.shared.state): placeholder if needed.
+        self.shared_placeholder = placeholder_webui_shared()
         from backend import args as backend_args
         backend_args.args.always_cpu = True  # memory_management asserts CUDA otherwise
         from backend.modules.k_prediction import Prediction
@@ -192,11 +195,7 @@ class Backend:
         return self.sampling.calc_cond_uncond_batch(model, cond, uncond, x, sigma, options)
 
     def no_attention_model(self):
-        from backend.nn.flux import IntegratedFluxTransformer2DModel
-        flux = IntegratedFluxTransformer2DModel(in_channels=16, vec_in_dim=16, context_in_dim=16, hidden_size=64,
-                                                mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1,
-                                                axes_dim=[8, 12, 12], theta=10000, qkv_bias=True, guidance_embed=False)
-        return self.patcher(SD1, 0, diffusion_model=flux)
+        return self.patcher(SD1, 0, diffusion_model=torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1)))
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -382,9 +381,13 @@ def main(checkout: str, repo: str) -> None:
     host_file = sys.modules[host_module].__file__
     assert host_file.startswith(os.path.abspath(checkout)), host_file
     assert source.startswith(os.path.abspath(repo)), source
+    dit = None
+    if is_backend:
+        import forge_real_dit
+        dit = forge_real_dit.run(api, Adapter)
     print(json.dumps({"host": api.host, "version": api.version, "host_file": host_file, "cases": results,
                       "placeholders": [n for n in ("torchvision", "shared") if getattr(api, f"{n}_placeholder", False)],
-                      "refusal": check_refusal(api, Adapter)}))
+                      "refusal": check_refusal(api, Adapter), "dit": dit}))
 
 
 if __name__ == "__main__":

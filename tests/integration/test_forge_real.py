@@ -10,9 +10,11 @@ dfdcbab6). For example, from the Forge snapshot (`fetch github:lllyasviel/stable
 Each checkout runs in its own process (forge_real_driver.py): a small random-weight real UNet in the real
 UnetPatcher, sampled through the host's real sampling function with ASAG's clone and post-CFG function, compared
 with an independent float64 reference: 5 cases with another extension's model_function_wrapper installed (ASAG's
-separate perturbed call) and 3 without (perturbed rows batched into the host's one model call). Host dependencies (psutil, torchsde; reForge: torchdiffeq; backend:
+separate perturbed call) and 3 without (perturbed rows batched into the host's one model call); on `backend/`
+checkouts also 7 cases on the real Flux, Chroma and SD3.5 (MMDiT-X) transformers (forge_real_dit.py). Host dependencies (psutil, torchsde; reForge: torchdiffeq; backend:
 diffusers, transformers, tokenizers, huggingface-hub, gguf's sentencepiece) come from the environment (e.g.
-PYTHONPATH); a missing one skips that checkout and names it.
+PYTHONPATH), or run the driver with the WebUI's own venv: ASAG_FORGE_PYTHON=/path/to/venv/bin/python. A missing
+dependency skips that checkout and names it.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pathlib import Path
 import pytest
 
 ENV = "ASAG_FORGE_PATH"
+PYTHON_ENV = "ASAG_FORGE_PYTHON"  # optional: the interpreter for the driver, e.g. the WebUI's own venv python
 DRIVER = Path(__file__).resolve().parent / "forge_real_driver.py"
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOUTS = [p for p in os.environ.get(ENV, "").split(os.pathsep) if p]
@@ -39,7 +42,8 @@ def test_asag_on_real_forge_sampling(checkout):
             or (root / "backend" / "sampling" / "sampling_function.py").is_file()):
         pytest.skip(f"{root} holds neither ldm_patched/ nor backend/")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    run = subprocess.run([sys.executable, str(DRIVER), str(root), str(ROOT)], capture_output=True, text=True,
+    python = os.environ.get(PYTHON_ENV) or sys.executable
+    run = subprocess.run([python, str(DRIVER), str(root), str(ROOT)], capture_output=True, text=True,
                          env=env, cwd=str(root), timeout=900)
     last = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "{}"
     if run.returncode == 3:
@@ -47,4 +51,7 @@ def test_asag_on_real_forge_sampling(checkout):
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(last)
     assert [case["mode"] for case in report["cases"]] == ["separate"] * 5 + ["batched"] * 3
+    if report["host"] == "forge_backend":  # Flux, Chroma, SD3.5 transformers (forge_real_dit.py)
+        assert {case["model"] for case in report["dit"]["cases"]} == {
+            "IntegratedFluxTransformer2DModel", "IntegratedChromaTransformer2DModel", "MMDiTX"}
     print(json.dumps(report, indent=1))

@@ -16,23 +16,30 @@ class ForgeObjects:
         return ForgeObjects(self.unet, self.clip, self.vae, self.clipvision)
 
 
-def tiny_sd_model(family: str = "sd1", seed: int = 0):
-    """Test helper: an engine as backend/loader.py leaves it, around a tiny random UNet ("flux": a Flux tree)."""
+def tiny_sd_model(family: str = "sd1", seed: int = 0, diffusion_model=None):
+    """Test helper: an engine as backend/loader.py leaves it, around a tiny random UNet, or a tiny random DiT
+    ("flux", "chroma", "sd3"), or the given diffusion_model."""
     from backend.modules.k_model import KModel
+    from backend.nn.chroma import IntegratedChromaTransformer2DModel
     from backend.nn.flux import IntegratedFluxTransformer2DModel
+    from backend.nn.mmditx import MMDiTX
     from backend.nn.unet import SD1_LAYOUT, SDXL_LAYOUT, IntegratedUNet2DConditionModel
     from backend.patcher.unet import UnetPatcher
 
     torch.manual_seed(seed)
-    if family == "flux":
-        diffusion_model = IntegratedFluxTransformer2DModel()
+    dits = {"flux": IntegratedFluxTransformer2DModel, "chroma": IntegratedChromaTransformer2DModel, "sd3": MMDiTX}
+    if diffusion_model is not None:
+        pass
+    elif family in dits:
+        diffusion_model = dits[family]()
     else:
         diffusion_model = IntegratedUNet2DConditionModel(layout=SDXL_LAYOUT if family == "sdxl" else SD1_LAYOUT)
     for name, module in diffusion_model.named_modules():  # attention strong enough to matter in a tiny net
-        if isinstance(module, torch.nn.Linear) and (".attn" in name or ".proj_" in name):
+        if isinstance(module, torch.nn.Linear) and (".attn" in name or ".proj_" in name or "qkv" in name
+                                                    or "linear1" in name):
             torch.nn.init.normal_(module.weight, std=0.5)
     unet = UnetPatcher(KModel(diffusion_model).eval(), load_device="cpu", offload_device="cpu")
     objects = ForgeObjects(unet, None, None, None)
     return SimpleNamespace(forge_objects=objects, forge_objects_original=objects.shallow_copy(),
                            forge_objects_after_applying_lora=objects.shallow_copy(), is_sd1=family == "sd1",
-                           is_sd2=family == "sd2", is_sdxl=family == "sdxl", is_sd3=False)
+                           is_sd2=family == "sd2", is_sdxl=family == "sdxl", is_sd3=family == "sd3")

@@ -1,0 +1,305 @@
+"""Forge's diffusion transformers (lib_asag/host_forge_dit.py via host_forge.Adapter) on stand-ins of Forge
+dfdcbab6's backend/nn/flux.py, chroma.py and mmditx.py: tiny random models, the host's sampling path.
+
+The reference is independent of the adapter and of lib_asag.sinkhorn: the chosen blocks' instance `forward`
+is wrapped to raise a flag, the module's `attention` global is replaced by a float64 Sinkhorn (from
+tests/sinkhorn_reference.py; RoPE applied first with the module's own apply_rope for Flux/Chroma) while the flag
+is up, and D = D_u + w (D_c - D_u) + s (D_c - D_asag) (D_c + s (D_c - D_asag) at CFG 1)."""
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+
+import pytest
+import torch
+
+from lib_asag.params import ASAGParams
+from sinkhorn_reference import sinkhorn_attention_reference
+
+B, SIGMA, CFG = 2, 2.5, 5.0
+MODULES = {"flux": "backend.nn.flux", "chroma": "backend.nn.chroma", "sd3": "backend.nn.mmditx"}
+
+
+@pytest.fixture
+def forge(standins):
+    standins("forge_backend")
+    adapter_module = importlib.import_module("lib_asag.host_forge")
+    yield adapter_module
+    adapter_module.Adapter("forge_backend").teardown()
+
+
+def processing(family: str, seed: int = 0, **kwargs):
+    sd_model = importlib.import_module("backend.diffusion_engine.base").tiny_sd_model(family, seed=seed, **kwargs)
+    processing_module = importlib.import_module("modules.processing")
+    sampler = importlib.import_module("modules.sd_samplers_cfg_denoiser").Sampler(sd_model)
+    return processing_module.StableDiffusionProcessing(sd_model, sampler)
+
+
+def inputs(seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 4, 8, 8, generator=g) * SIGMA
+    return x, torch.full((B,), SIGMA), torch.randn(B, 5, 8, generator=g), [torch.randn(B, 5, 8, generator=g)]
+
+
+def run_step(p, cond_scale=CFG, step=0, total=4):
+    denoiser = p.sampler.model_wrap_cfg
+    denoiser.step, denoiser.total_steps = step, total
+    x, sigma, uncond, cond = inputs()
+    with torch.no_grad():
+        return denoiser.forward(x, sigma, uncond, cond, cond_scale)
+
+
+def setup(forge, p, **fields):
+    params = ASAGParams(enabled=True, **fields)
+    return params, forge.Adapter("forge_backend").setup(p, params)
+
+
+def blocks_of(model, names):
+    tree = dict(model.named_modules())
+    return {name: tree[name] for name in names}
+
+
+def reference_attention(module, iterations, epsilon):
+    """Float64 Sinkhorn with the host module's own call convention."""
+    if module.__name__ == "backend.nn.mmditx":
+        def attention(q, k, v, heads, mask=None):
+            k, v = (t.reshape(q.shape[0], -1, q.shape[-1]) for t in (k, v))  # v is (B, N, heads, d) here
+            return sinkhorn_attention_reference(q, k, v, heads, iterations, epsilon).to(q.dtype)
+        return attention
+    apply_rope = sys.modules["backend.nn.flux"].apply_rope
+
+    def attention(q, k, v, pe):
+        q, k = apply_rope(q, k, pe)
+        b, h, n, d = q.shape
+        flat = [t.transpose(1, 2).reshape(b, t.shape[2], h * d) for t in (q, k, v)]
+        return sinkhorn_attention_reference(*flat, h, iterations, epsilon).to(q.dtype)
+
+    return attention
+
+
+def reference_prediction(p, family, params, block_names, cond_scale=CFG):
+    unet = p.sd_model.forge_objects_original.unet
+    model = unet.model
+    calc = importlib.import_module("backend.sampling.sampling_function").calc_cond_uncond_batch
+    x, sigma, uncond, cond = inputs()
+    cond_list = [{"model_conds": {"c_crossattn": cond[0]}}]
+    with torch.no_grad():
+        d_c, d_u = calc(model, cond_list, [{"model_conds": {"c_crossattn": uncond}}], x, sigma, unet.model_options)
+        module = sys.modules[MODULES[family]]
+        original, flag = module.attention, []
+        perturbed = reference_attention(module, params.iterations, params.epsilon)
+        module.attention = lambda *a, **k: (perturbed if flag else original)(*a, **k)
+        chosen = blocks_of(model.diffusion_model, block_names).values()
+        for block in chosen:
+            def forward(*a, _block=block, **k):
+                flag.append(1)
+                try:
+                    return type(_block).forward(_block, *a, **k)
+                finally:
+                    flag.pop()
+            block.forward = forward
+        try:
+            d_asag, _ = calc(model, cond_list, None, x, sigma, unet.model_options)
+        finally:
+            module.attention = original
+            for block in chosen:
+                del block.forward
+    guided = d_c if math.isclose(cond_scale, 1.0) else d_u + (d_c - d_u) * cond_scale
+    return guided + params.scale * (d_c - d_asag), guided
+
+
+def sinkhorn_calls(monkeypatch, model):
+    """Record, per model call, in which blocks lib_asag's Sinkhorn attention ran (blocks seen via hooks)."""
+    from lib_asag import sinkhorn
+    running, seen, handles = [], [], []
+    tree = dict(model.diffusion_model.named_modules())
+    for name, module in tree.items():
+        if name.count(".") == 1 and name.split(".")[0] in ("double_blocks", "single_blocks", "joint_blocks"):
+            handles.append(module.register_forward_pre_hook(lambda *_, n=name: running.append(n)))
+            handles.append(module.register_forward_hook(lambda *_: None if running.pop() else None))
+    for fn in ("adversarial_sinkhorn_attention", "adversarial_sinkhorn_attention_heads"):
+        original = getattr(sinkhorn, fn)
+
+        def recording(*a, _original=original, **k):
+            seen.append((len(model.calls) - 1, running[-1] if running else None))
+            return _original(*a, **k)
+
+        monkeypatch.setattr(sinkhorn, fn, recording)
+    return seen, handles
+
+
+def assert_host_untouched(p, family):
+    module = sys.modules[MODULES[family]]
+    assert not getattr(module.attention, "asag", False)
+    flux = sys.modules["backend.nn.flux"]
+    assert not getattr(flux.attention, "asag", False)
+    for block in p.sd_model.forge_objects_original.unet.model.diffusion_model.modules():
+        assert not block._forward_hooks and not block._forward_pre_hooks
+
+
+# ----------------------------------------------------------------------------------------------- selection
+
+@pytest.mark.parametrize("family, spec, expected", [
+    ("flux", "all", ["double_blocks.0", "double_blocks.1", "single_blocks.0", "single_blocks.1"]),
+    ("flux", "double.1, single.0", ["double_blocks.1", "single_blocks.0"]),
+    ("chroma", "single.0-1", ["single_blocks.0", "single_blocks.1"]),
+    ("sd3", "joint.0", ["joint_blocks.0", "joint_blocks.0"]),  # joint attention and the x-block's attn2
+    ("sd3", "joint.1-2", ["joint_blocks.1", "joint_blocks.2"]),
+])
+def test_chosen_blocks_are_perturbed_in_the_extra_call_only(forge, family, spec, expected, monkeypatch):
+    p = processing(family)
+    _, messages = setup(forge, p, layers=spec)
+    assert messages == []
+    model = p.sd_model.forge_objects.unet.model
+    seen, handles = sinkhorn_calls(monkeypatch, model)
+    run_step(p)
+    for handle in handles:
+        handle.remove()
+    assert [c["cond_or_uncond"] for c in model.calls] == [[0, 1], [0]]
+    assert sorted(block for call, block in seen) == sorted(expected)
+    assert {call for call, _ in seen} == {1}  # the perturbed call only, never the host's normal call
+    assert_host_untouched(p, family)
+
+
+@pytest.mark.parametrize("family, spec, cond_scale", [
+    ("flux", "double.1, single.0", CFG), ("flux", "all", 1.0), ("chroma", "double.0-1", CFG),
+    ("chroma", "single.1", 1.0), ("sd3", "joint.0-1", CFG), ("sd3", "joint.2", CFG),
+])
+def test_guided_prediction_equals_the_float64_reference(forge, family, spec, cond_scale, caplog):
+    caplog.set_level("INFO", logger="asag")
+    p = processing(family)
+    params, messages = setup(forge, p, layers=spec, scale=2.5, iterations=3, epsilon=0.7)
+    assert messages == []
+    got = run_step(p, cond_scale=cond_scale)
+    model = p.sd_model.forge_objects.unet.model
+    calls = [c["cond_or_uncond"] for c in model.calls]
+    from lib_asag.layers import find_self_attention, resolve_layers
+    refs = resolve_layers(spec, find_self_attention(model.diffusion_model))
+    expected, plain = reference_prediction(p, family, params, [r.module_path for r in refs], cond_scale)
+    atol = 2e-5 * float(expected.abs().max())
+    assert float((expected - plain).abs().max()) > 100 * atol
+    torch.testing.assert_close(got, expected.float(), atol=atol, rtol=1e-4)
+    # CFG 1 (Flux dev / schnell): the host computes no uncond, ASAG guides D_c + s (D_c - D_asag)
+    normal = [0] if cond_scale == 1.0 else [0, 1]
+    assert calls == [normal, [0]]
+    assert [r.getMessage() for r in caplog.records if "perturbed pass" in r.getMessage()] == [
+        "ASAG: perturbed pass in a separate call (diffusion transformer)"]
+    assert_host_untouched(p, family)
+
+
+def test_chroma_swaps_its_own_module_global_not_fluxs(forge, monkeypatch):
+    p = processing("chroma")
+    setup(forge, p, layers="double.0")
+    chroma, flux = sys.modules["backend.nn.chroma"], sys.modules["backend.nn.flux"]
+    seen = []
+    model = p.sd_model.forge_objects.unet.model
+    hook = model.diffusion_model.double_blocks[0].register_forward_pre_hook(
+        lambda *_: seen.append((getattr(chroma.attention, "asag", False), getattr(flux.attention, "asag", False))))
+    run_step(p)
+    hook.remove()
+    assert seen == [(False, False), (True, False)]
+
+
+def test_scale_zero_inactive_steps_and_disabled_are_bit_identical(forge):
+    plain_p = processing("flux")
+    plain = [run_step(plain_p, step=i) for i in range(4)]
+    p = processing("flux")
+    setup(forge, p, layers="all", start=0.5)
+    got = [run_step(p, step=i) for i in range(4)]
+    assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1]) and not torch.equal(got[2], plain[2])
+    off = processing("flux")
+    assert forge.Adapter("forge_backend").setup(off, ASAGParams(enabled=False)) == []
+    assert off.sd_model.forge_objects.unet is off.sd_model.forge_objects_original.unet
+    assert torch.equal(run_step(off), plain[0])
+
+
+# ----------------------------------------------------------------------------------------------- failures
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_a_failure_inside_the_perturbed_call_restores_the_host_and_falls_back(forge, family, monkeypatch):
+    plain = run_step(processing(family))
+    p = processing(family)
+    p.extra_generation_params["ASAG scale"] = 3.0
+    setup(forge, p, layers="all")
+    from lib_asag import sinkhorn
+
+    def failing(*a, **k):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention_heads", failing)
+    monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention", failing)
+    assert torch.equal(run_step(p), plain)
+    assert_host_untouched(p, family)
+    assert "ASAG scale" not in p.extra_generation_params and any("out of memory" in c for c in p.comments)
+
+
+def test_an_interrupt_inside_the_perturbed_call_propagates_and_restores_the_host(forge, monkeypatch):
+    class InterruptProcessingException(Exception):
+        pass
+
+    p = processing("chroma")
+    setup(forge, p, layers="single.0")
+    from lib_asag import sinkhorn
+
+    def interrupted(*a, **k):
+        raise InterruptProcessingException()
+
+    monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention_heads", interrupted)
+    with pytest.raises(InterruptProcessingException):
+        run_step(p)
+    assert_host_untouched(p, "chroma")
+
+
+def test_perturbed_attention_undoes_everything_on_exceptions(forge):
+    from lib_asag import host_forge_dit
+    p = processing("sd3")
+    model = p.sd_model.forge_objects.unet.model.diffusion_model
+    mmditx = sys.modules["backend.nn.mmditx"]
+    original = mmditx.attention
+    with pytest.raises(KeyError):
+        with host_forge_dit.perturbed_attention({"joint.0": model.joint_blocks[0]}, iterations=2, epsilon=1.0):
+            assert mmditx.attention is not original and model.joint_blocks[0]._forward_pre_hooks
+            raise KeyError("anything")
+    assert mmditx.attention is original
+    assert not model.joint_blocks[0]._forward_pre_hooks and not model.joint_blocks[0]._forward_hooks
+
+
+# ----------------------------------------------------------------------------------------------- refusals
+
+@pytest.mark.parametrize("family, spec, listing", [
+    ("flux", "double.7-9", "double.0-1; single.0-1"),  # the Flux preset on a model with 2 + 2 blocks
+    ("chroma", "joint.1", "double.0-1; single.0-1"),
+    ("sd3", "double.0", "joint.0-2"),
+    ("sd3", "middle", "joint.0-2"),
+])
+def test_bad_layer_names_list_the_models_blocks_and_install_nothing(forge, family, spec, listing):
+    p = processing(family)
+    shared = p.sd_model.forge_objects.unet
+    _, messages = setup(forge, p, layers=spec)
+    assert len(messages) == 1 and listing in messages[0] and "without ASAG" in messages[0], messages
+    assert p.sd_model.forge_objects.unet is shared and "sampler_post_cfg_function" not in shared.model_options
+    assert_host_untouched(p, family)
+
+
+def test_unknown_transformer_variants_are_refused_with_a_message(forge):
+    class OtherBlock(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    class OtherDiT(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.double_blocks = torch.nn.ModuleList([OtherBlock()])
+
+    p = processing("flux", diffusion_model=OtherDiT())
+    shared = p.sd_model.forge_objects.unet
+    _, messages = setup(forge, p)
+    assert len(messages) == 1 and "OtherDiT" in messages[0] and "without ASAG" in messages[0], messages
+    assert p.sd_model.forge_objects.unet is shared
+
+    flux_model = processing("flux").sd_model.forge_objects.unet.model.diffusion_model
+    flux_model.single_blocks[0] = OtherBlock()  # a known model class with a block ASAG does not know
+    p = processing("flux", diffusion_model=flux_model)
+    _, messages = setup(forge, p)
+    assert len(messages) == 1 and "OtherBlock" in messages[0], messages
