@@ -79,7 +79,10 @@ class WebUI:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
         self.session = requests.Session()
-        flags = self.get("/sdapi/v1/cmd-flags")
+        r = self.session.get(self.url + "/sdapi/v1/cmd-flags", timeout=120)
+        flags = r.json()
+        if r.status_code != 200:  # Forge dfdcbab6: a ResponseValidationError (500) that still carries the flags
+            flags = flags.get("body") or {}
         self.flags = flags
         self.ui = not flags.get("nowebui", False)
         # Forge's cmd-flags include its own backend options; A1111's do not.
