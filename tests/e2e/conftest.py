@@ -18,7 +18,8 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="set ASAG_E2E_URL to a running WebUI (tests/e2e/run.sh URL)")
     for item in items:
-        if "tests/e2e/" in str(item.fspath).replace(os.sep, "/"):
+        needs_server = {"webui", "api", "plain", "asag"} & set(getattr(item, "fixturenames", ()))
+        if "tests/e2e/" in str(item.fspath).replace(os.sep, "/") and needs_server:
             item.add_marker(skip)
 
 
@@ -45,16 +46,30 @@ def webui():
     return server
 
 
-@pytest.fixture(scope="session")
-def plain(webui):
-    """The reference generation without ASAG (no alwayson_scripts), cached per payload."""
+def _cached(webui, asag):
     cache = {}
 
     def get(endpoint: str = "txt2img", **kwargs):
         key = (endpoint, repr(sorted(kwargs.items())))
         if key not in cache:
-            cache[key] = getattr(webui, endpoint)(None, **kwargs)
+            cache[key] = getattr(webui, endpoint)(asag, **kwargs)
             assert cache[key].status == 200, cache[key].body
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def plain(webui):
+    """The reference generation without ASAG (no alwayson_scripts), cached per payload."""
+    return _cached(webui, None)
+
+
+ON = [True, 3.0, "all"]
+"""ASAG on every attn1 layer: an effect well above PNG rounding at 64 px with random weights."""
+
+
+@pytest.fixture(scope="session")
+def asag(webui):
+    """The generation with ON, cached per payload."""
+    return _cached(webui, ON)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-ON = [True, 3.0, "all"]  # every attn1 layer: a difference well above PNG rounding at 128 px on random weights
+ON = [True, 3.0, "all"]  # every attn1 layer: an effect well above PNG rounding at 64 px (conftest.ON)
 
 
 def _asag_keys(params: dict) -> dict:
@@ -31,7 +31,7 @@ def test_listed_in_scripts_and_script_info(webui):
 
 # --- disabled / enabled --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("off", [[False], [False, 5.0, "all"], [{"enabled": False, "scale": 5.0}]])
+@pytest.mark.parametrize("off", [[False, 5.0, "all"], [{"enabled": False, "scale": 5.0}]])
 def test_disabled_is_byte_identical_to_no_alwayson_scripts(webui, plain, off):
     got = webui.txt2img(off)
     assert got.status == 200
@@ -39,8 +39,8 @@ def test_disabled_is_byte_identical_to_no_alwayson_scripts(webui, plain, off):
     assert got.infotexts == plain().infotexts
 
 
-def test_enabled_changes_the_image_and_writes_the_infotext(webui, plain):
-    got = webui.txt2img(ON)
+def test_enabled_changes_the_image_and_writes_the_infotext(webui, plain, asag):
+    got = asag()
     assert got.status == 200, got.body
     assert got.pixels() != plain().pixels()
     assert _asag_keys(got.params()) == {"ASAG scale": "3.0", "ASAG layers": "all"}
@@ -68,33 +68,28 @@ def test_png_info_returns_the_asag_fields(webui):
 
 
 @pytest.mark.parametrize("form", [
-    [True, 2.5, "all"],
-    [{"enabled": True, "scale": 2.5, "layers": "all"}],
-    [True, 2.5, "all", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same"],
-])
-def test_arg_forms_give_the_same_image(webui, form):
-    reference = webui.txt2img([True, 2.5, "all"])
+    [{"enabled": True, "scale": 3.0, "layers": "all"}],
+    [True, 3.0, "all", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same"],
+    # Both hosts' /sdapi copy at most the script's own 10 args (modules/api/api.py init_script_args): the
+    # 11th and 12th are dropped and ASAG runs with the first 10.
+    [True, 3.0, "all", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same", "extra", 7],
+], ids=["named", "all ten", "too many"])
+def test_arg_forms_give_the_same_image(webui, asag, form):
     got = webui.txt2img(form)
     assert got.status == 200
-    assert got.pixels() == reference.pixels()
-    assert _asag_keys(got.params()) == {"ASAG scale": "2.5", "ASAG layers": "all"}
+    assert got.pixels() == asag().pixels()
+    assert _asag_keys(got.params()) == {"ASAG scale": "3.0", "ASAG layers": "all"}
 
 
 # --- bad arguments -------------------------------------------------------------------------------------------
 
 BAD = {
     "scale is text": ([True, "lots"], "scale"),
-    "layers is a number": ([True, 2.0, 5], "5"),
-    "iterations is text": ([True, 2.0, "", "three"], "iterations"),
     "unknown name": ([{"enabled": True, "scael": 2}], "scael"),
     "NaN scale": ([True, math.nan], "scale"),
-    "NaN as text": ([True, "nan"], "scale"),
-    "scale out of range": ([True, 100.0], "scale"),
     "epsilon out of range": ([True, 2.0, "", 3, -1.0], "epsilon"),
     "start after end": ([True, 2.0, "", 3, 1.0, 0.8, 0.2], "start"),
-    "unknown schedule": ([True, 2.0, "", 3, 1.0, 0.0, 1.0, "cubic"], "adaptive"),
     "unknown layer": ([True, 2.0, "output.99"], "output.99"),
-    "bad layer syntax": ([True, 2.0, "middle, banana"], "banana"),
 }
 
 
@@ -111,22 +106,12 @@ def test_bad_args_give_a_normal_image_and_say_why(webui, plain, case):
 
 
 def test_layers_the_model_lacks_are_reported(webui, plain):
-    """SD1.x output blocks 0-2 have no attention; SDXL input block 1 has none."""
-    missing = "middle, output.0" if webui.family != "sdxl" else "input.1"
+    """SD1.x output blocks 0-2 have no attention (the README's old example); no SDXL block has 6 transformers."""
+    missing = "middle, output.0" if webui.family != "sdxl" else "input.1.5"
     got = webui.txt2img([True, 2.5, missing])
     assert got.status == 200
     assert got.pixels() == plain().pixels()
     assert "ASAG scale" not in got.params() and "ASAG error" in got.params()
-
-
-def test_too_many_args_are_dropped_by_the_host(webui):
-    """Both hosts' /sdapi copy at most the script's own 10 args (modules/api/api.py init_script_args): an
-    11th is ignored and ASAG runs with the first 10."""
-    ten = [True, 2.5, "all", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same"]
-    got = webui.txt2img(ten + ["extra", 7])
-    assert got.status == 200
-    assert got.pixels() == webui.txt2img(ten).pixels()
-    assert _asag_keys(got.params()) == {"ASAG scale": "2.5", "ASAG layers": "all"}
 
 
 def test_args_as_an_object_is_a_host_error(webui):
@@ -216,13 +201,11 @@ def _stop_midway(webui, endpoint: str, **kw):
     return out["r"]
 
 
-@pytest.mark.parametrize("endpoint", ["interrupt", "skip"])
-def test_interrupt_and_skip_leave_nothing_behind(webui, endpoint):
-    before_plain = webui.txt2img(None)
-    before_asag = webui.txt2img(ON)
-    stopped = _stop_midway(webui, endpoint, steps=12, n_iter=2)
-    assert stopped.status == 200
-    after_plain = webui.txt2img(None)
-    assert after_plain.images == before_plain.images
-    assert webui.txt2img([False]).images == before_plain.images
+def test_interrupt_and_skip_leave_nothing_behind(webui, plain, asag):
+    """Interrupt, then Skip, in the middle of an ASAG run; afterwards plain and ASAG runs are as before."""
+    before_plain, before_asag = plain(), asag()
+    for endpoint in ("interrupt", "skip"):
+        stopped = _stop_midway(webui, endpoint, steps=12, n_iter=2)
+        assert stopped.status == 200, (endpoint, stopped.body)
+    assert webui.txt2img(None).images == before_plain.images
     assert webui.txt2img(ON).pixels() == before_asag.pixels()

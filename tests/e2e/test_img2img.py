@@ -1,7 +1,7 @@
 """img2img and inpainting with ASAG over /sdapi: the image changes; with a mask only the repainted area does."""
 from __future__ import annotations
 
-ON = [True, 3.0, "all"]
+ON = [True, 3.0, "all"]  # every attn1 layer: an effect well above PNG rounding at 64 px (conftest.ON)
 
 
 def test_img2img(webui, plain):
