@@ -123,7 +123,9 @@ class WebUI:
         return r.json()
 
     def post(self, path: str, payload: dict, timeout: float = TIMEOUT) -> Result:
-        r = self.session.post(self.url + path, json=payload, timeout=timeout)
+        # json.dumps, not requests' json= (allow_nan=False): NaN must reach the server as Python clients send it.
+        r = self.session.post(self.url + path, data=json.dumps(payload), timeout=timeout,
+                              headers={"Content-Type": "application/json"})
         try:
             body = r.json()
         except ValueError:
