@@ -118,14 +118,14 @@ class WebUI:
         return [m for m in r.json().get("model_list", []) if m and m.lower() != "none"]
 
     def get(self, path: str) -> Any:
-        r = self.session.get(self.url + path, timeout=120)
+        r = self.session.get(self.url + path, timeout=120, headers={"Connection": "close"})
         r.raise_for_status()
         return r.json()
 
     def post(self, path: str, payload: dict, timeout: float = TIMEOUT) -> Result:
         # json.dumps, not requests' json= (allow_nan=False): NaN must reach the server as Python clients send it.
         r = self.session.post(self.url + path, data=json.dumps(payload), timeout=timeout,
-                              headers={"Content-Type": "application/json"})
+                              headers={"Content-Type": "application/json", "Connection": "close"})
         try:
             body = r.json()
         except ValueError:

@@ -25,7 +25,9 @@ def test_asag_axes_offered(webui):
 def _script_args(info, axis: str, values: list[str]) -> list:
     labels = [a["label"] for a in info["args"]]
     args = [a.get("value") for a in info["args"]]
-    args[0] = info["args"][0]["choices"].index(axis)          # X type (the dropdown is type="index")
+    # The type dropdowns are type="index": script-info shows their default as a label, the run wants an index.
+    args[labels.index("Y type")] = args[labels.index("Z type")] = 0   # "Nothing"
+    args[0] = info["args"][0]["choices"].index(axis)                    # X type
     args[1] = ", ".join(f'"{v}"' if "," in v else v for v in values)  # X values
     args[labels.index("Include Sub Images")] = True           # return every cell, not only the grid
     args[labels.index("Draw legend")] = False
