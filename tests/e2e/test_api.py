@@ -205,7 +205,7 @@ def test_interrupt_and_skip_leave_nothing_behind(webui, plain, asag):
     """Interrupt, then Skip, in the middle of an ASAG run; afterwards plain and ASAG runs are as before."""
     before_plain, before_asag = plain(), asag()
     for endpoint in ("interrupt", "skip"):
-        stopped = _stop_midway(webui, endpoint, steps=12, n_iter=2)
+        stopped = _stop_midway(webui, endpoint, steps=12)
         assert stopped.status == 200, (endpoint, stopped.body)
     assert webui.txt2img(None).images == before_plain.images
     assert webui.txt2img(ON).pixels() == before_asag.pixels()
