@@ -20,7 +20,7 @@ def edit_model_refusal(sd_model: Any) -> str | None:
 
 def report_failure(p: Any, applied_steps: int, error: BaseException) -> str:
     """Log a failed perturbed pass and keep the image's infotext honest: no ASAG keys if no step was
-    guided, else `ASAG error: stopped after N steps`. Returns the message shown under the image."""
+    guided (and `ASAG error: <message>`), else `ASAG error: stopped after N steps`. Returns the message shown under the image."""
     message = f"ASAG turned off: {type(error).__name__}: {error}"
     log.error("ASAG: the perturbed pass failed (%s: %s); continuing without ASAG for this image.",
               type(error).__name__, error, exc_info=error)
@@ -28,8 +28,9 @@ def report_failure(p: Any, applied_steps: int, error: BaseException) -> str:
         if applied_steps == 0:
             for key in asag_params.INFOTEXT_KEYS.values():
                 p.extra_generation_params.pop(key, None)
+            p.extra_generation_params[asag_params.ERROR_KEY] = message
         else:
-            p.extra_generation_params["ASAG error"] = f"stopped after {applied_steps} steps"
+            p.extra_generation_params[asag_params.ERROR_KEY] = f"stopped after {applied_steps} steps"
         p.comment(message)
     except Exception:  # p without these fields: the log line is enough
         pass

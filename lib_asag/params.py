@@ -140,6 +140,8 @@ def from_script_args(args: Sequence[Any] | Mapping[str, Any] | None) -> tuple[AS
 
 
 INFOTEXT_KEYS: dict[str, str] = {name: f"ASAG {name}" for name in ARG_ORDER if name != "enabled"}
+ERROR_KEY = "ASAG error"
+"""Infotext key of why ASAG did not run (alone) or stopped early (with `ASAG scale`)."""
 
 
 def to_infotext(params: ASAGParams) -> dict[str, Any]:

@@ -31,9 +31,13 @@ def _add_xyz_axes(*_: object) -> None:
     asag_ui.add_xyz_axes(scripts.scripts_data)
 
 
-# Before the UI is built so the axes appear in the XYZ dropdowns; again at app start for API-only runs.
+# The XYZ script copies its axis list in its own ui() (`current_axis_options`), which /sdapi/v1/script-info
+# and its run() use. API-only start (webui.py api_only -> modules/api/api.py Api.__init__ -> ui.create_ui)
+# builds the script UIs *before* on_before_ui, so the axes must be there earlier: now (scripts/xyz_grid.py is
+# a root script, loaded before extensions' scripts in modules/scripts.py load_scripts), again in ui() (an
+# AlwaysOn script's ui() runs before the selectable scripts' in ScriptRunner.setup_ui), and before_ui.
+_add_xyz_axes()
 script_callbacks.on_before_ui(_add_xyz_axes)
-script_callbacks.on_app_started(_add_xyz_axes)
 
 
 class ASAGScript(scripts.Script):
@@ -44,6 +48,7 @@ class ASAGScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
+        _add_xyz_axes()
         built = asag_ui.build(self.elem_id, is_img2img)
         self.infotext_fields = built.infotext_fields
         self.paste_field_names = built.paste_field_names
@@ -55,6 +60,7 @@ class ASAGScript(scripts.Script):
         for message in messages:
             log.warning("ASAG: %s -> generating without ASAG.", message)
             _comment(p, f"ASAG off: {message}")
+        _report_off(p, messages)
 
     def process_batch(self, p, *args, **kwargs):
         if _ADAPTER is not None and _ADAPTER.name == "a1111":
@@ -82,18 +88,26 @@ class ASAGScript(scripts.Script):
         messages = _ADAPTER.setup(p, params)
         if getattr(p, "is_hr_pass", False):
             return
-        for key in asag_params.INFOTEXT_KEYS.values():
+        for key in (*asag_params.INFOTEXT_KEYS.values(), asag_params.ERROR_KEY):
             p.extra_generation_params.pop(key, None)
         if messages:
             for message in messages:
                 log.warning("ASAG: %s", message)
                 _comment(p, message)
+            _report_off(p, messages)
         else:
             p.extra_generation_params.update(asag_params.to_infotext(params))
 
     def _teardown(self, p) -> None:
         if _ADAPTER is not None:
             _ADAPTER.teardown(p)
+
+
+def _report_off(p, messages: list[str]) -> None:
+    """Tell the API user too: `comments` never reach /sdapi's response on either host (Processed.js), but
+    extra_generation_params do, in `info` and in every infotext. `ASAG error` without `ASAG scale` = off."""
+    if messages and isinstance(getattr(p, "extra_generation_params", None), dict):
+        p.extra_generation_params[asag_params.ERROR_KEY] = "; ".join(messages)
 
 
 def _comment(p, text: str) -> None:

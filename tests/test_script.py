@@ -162,11 +162,25 @@ def test_pasting_an_infotext_without_asag_turns_it_off_and_leaves_the_rest(env):
 # ---------------------------------------------------------------------------------------------------------
 # Args: UI positional, API short lists, API dicts; bad args
 
+def _api_args(env, request_args):
+    """What /sdapi passes to the script hooks for `"alwayson_scripts": {"ASAG": {"args": request_args}}`:
+    the stand-in of modules/api/api.py init_script_args over the UI defaults (script args 1..10)."""
+    from modules.api.api import Api
+    script = env.script
+    script.args_from, script.args_to, script.alwayson = 1, 1 + len(env.components), True
+    request = types.SimpleNamespace(alwayson_scripts={"ASAG": {"args": request_args}}, script_args=[])
+    runner = types.SimpleNamespace(scripts=[script])
+    full = Api().init_script_args(request, [0] + _ui_defaults(env), None, None, runner)
+    return full[script.args_from:script.args_to]
+
+
 API_FORMS = {
-    "full positional": lambda env: _args(env, enabled=True, scale=2.5),
-    "short [true, scale] + UI defaults": lambda env: [True, 2.5] + _ui_defaults(env)[2:],
-    "dict first, rest UI defaults": lambda env: [{"enabled": True, "scale": 2.5}] + _ui_defaults(env)[1:],
-    "dict alone": lambda env: [{"enabled": True, "scale": "2.5"}],
+    "full positional": [True, 2.5, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same"],
+    "short [true, scale]": [True, 2.5],
+    "dict": [{"enabled": True, "scale": 2.5}],
+    "dict, scale as text": [{"enabled": True, "scale": "2.5"}],
+    # The host copies at most the script's own number of args: the 11th is dropped before ASAG sees it.
+    "too many args": [True, 2.5, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same", "extra"],
 }
 
 
@@ -175,25 +189,35 @@ def test_api_arg_forms_give_the_same_image(env, form):
     case = H.make_case(env.shared.sd_model, steps=2)
     reference = generate(env, _p(env), _args(env, enabled=True, scale=2.5), case)[0]
     p = _p(env)
-    got = generate(env, p, API_FORMS[form](env), case)[0]
+    args = _api_args(env, API_FORMS[form])
+    assert len(args) == len(asag_params.ARG_ORDER)
+    got = generate(env, p, args, case)[0]
     assert torch.equal(got, reference)
     assert p.extra_generation_params["ASAG scale"] == 2.5
+    assert asag_params.ERROR_KEY not in p.extra_generation_params
 
 
-@pytest.mark.parametrize("bad", [
-    [True, "lots"], [True, 2.0, "output.99"], [{"enabled": True, "scael": 2}], [True, 2.0, "", 3, -1.0],
+@pytest.mark.parametrize("bad,reason", [
+    ([True, "lots"], "scale"), ([True, 2.0, "output.99"], "output.99"), ([{"enabled": True, "scael": 2}], "scael"),
+    ([True, 2.0, "", 3, -1.0], "epsilon"), ([True, float("nan")], "scale"), ([True, 2.0, "", 3, 1.0, 0.8, 0.2], "start"),
 ])
-def test_bad_args_log_clearly_and_give_a_normal_image(env, bad, caplog):
+def test_bad_args_log_clearly_and_give_a_normal_image(env, bad, reason, caplog):
     case = H.make_case(env.shared.sd_model, steps=2)
     plain = generate(env, _p(env), [], case, script=False)[0]
-    args = bad + _ui_defaults(env)[len(bad):] if not isinstance(bad[0], dict) else bad
     p = _p(env)
-    got = generate(env, p, args, case)[0]
+    got = generate(env, p, _api_args(env, bad), case)[0]
     assert torch.equal(got, plain)
     assert "ASAG" in caplog.text
-    assert not any(k.startswith("ASAG") for k in p.extra_generation_params)
+    assert not any(k in p.extra_generation_params for k in asag_params.INFOTEXT_KEYS.values())
+    assert reason in p.extra_generation_params[asag_params.ERROR_KEY]  # in the API response's info/infotext
     assert p.comments  # the message is shown with the result too
     assert _asag_callbacks(env) == []
+
+
+def test_the_api_host_copies_the_request_args_like_modules_api(env):
+    assert _api_args(env, [True, 2.5]) == [True, 2.5] + _ui_defaults(env)[2:]
+    assert _api_args(env, [True] * 12) == [True] * len(asag_params.ARG_ORDER)
+    assert _api_args(env, [{"enabled": True}]) == [{"enabled": True}] + _ui_defaults(env)[1:]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,3 +319,24 @@ def test_xyz_axes_are_added_once_and_drive_the_params(env):
                       case)[0]
     assert torch.equal(got, direct)
     assert cell.extra_generation_params["ASAG scale"] == 4.5
+
+
+def test_xyz_axes_exist_before_the_script_uis_are_built_in_api_only_start(env):
+    """webui.py api_only builds every script UI (Api.__init__ -> ui.create_ui) before on_before_ui: the XYZ
+    script copies axis_options in its ui(), so the axes must be there when asag.py is imported (xyz_grid.py,
+    a root script, loads first) or at the latest when ASAG's own ui() runs (AlwaysOn before selectable)."""
+    env.scripts.scripts_data.clear()
+    env.callbacks.clear_callbacks()
+    xyz = env.scripts.register_scripts_from_file(str(env.root / "scripts" / "xyz_grid.py"))
+    env.scripts.register_scripts_from_file(str(ROOT / "scripts" / "asag.py"))
+    from lib_asag import ui
+    assert [o.label for o in xyz.axis_options] == [label for label, _, _ in ui.XYZ_AXES]
+
+    env.scripts.scripts_data.clear()
+    module = env.scripts.register_scripts_from_file(str(ROOT / "scripts" / "asag.py"))  # other load order
+    xyz = env.scripts.register_scripts_from_file(str(env.root / "scripts" / "xyz_grid.py"))
+    assert xyz.axis_options == []
+    import gradio as gr
+    with gr.Blocks():
+        module.ASAGScript().ui(False)
+    assert len(xyz.axis_options) == 4

@@ -1,6 +1,6 @@
 """The whole experiment: tune each guidance's knobs on one seed set, then measure on two others.
 
-    cd /work/main && OMP_NUM_THREADS=1 .venv/bin/python -m experiments.digits.run
+    OMP_NUM_THREADS=1 .venv/bin/python -m experiments.digits.run    # from the repository root
 
 Uses the committed weights (experiments/digits/weights/unet_ema.pt; `--retrain` rebuilds them with
 train_diffusion's defaults first), retrains the feature classifier (seconds, deterministic), and

@@ -3,9 +3,9 @@
 reForge, plus its `modules/`) or `backend/` + `modules_forge/` + `packages_3rdparty/` (Forge 2024-08+, e.g.
 dfdcbab6). For example, from the Forge snapshot (`fetch github:lllyasviel/stable-diffusion-webui-forge`):
 
-    git --git-dir=<mirror> archive 33e381f1 ldm_patched modules_forge | tar -x -C /work/hosts/forge-33e381f1
+    git --git-dir=<mirror> archive 33e381f1 ldm_patched modules_forge | tar -x -C <forge-33e381f1>
     git --git-dir=<mirror> archive dfdcbab6 backend modules_forge packages_3rdparty \
-        | tar -x -C /work/hosts/forge-dfdcbab6
+        | tar -x -C <forge-dfdcbab6>
 
 Each checkout runs in its own process (forge_real_driver.py): a small random-weight real UNet in the real
 UnetPatcher, sampled through the host's real sampling function with ASAG's clone and post-CFG function, compared

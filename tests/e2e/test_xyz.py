@@ -1,0 +1,63 @@
+"""XYZ plot of ASAG axes through /sdapi (script_name "x/y/z plot"), the axis index looked up in
+/sdapi/v1/script-info, in whatever start-up mode the server runs (run the suite once with --nowebui and once
+with the UI): one cell per value, the cells differ, each cell's infotext carries its value."""
+from __future__ import annotations
+
+import pytest
+
+AXES = {"ASAG scale": ["1", "6"], "ASAG layers": ["middle", "all"], "ASAG iterations": ["0", "5"],
+        "ASAG epsilon": ["0.1", "10"]}
+
+
+def _xyz(webui, tab: str):
+    for script in webui.get("/sdapi/v1/script-info"):
+        if script["name"] == "x/y/z plot" and script["is_img2img"] == (tab == "img2img"):
+            return script
+    pytest.skip("no X/Y/Z plot script on this server")
+
+
+def test_asag_axes_offered(webui):
+    for tab in ("txt2img", "img2img"):
+        choices = _xyz(webui, tab)["args"][0]["choices"]
+        assert set(AXES) <= set(choices), f"{tab} X type choices lack ASAG axes (ui={webui.ui}): {choices[-6:]}"
+
+
+def _script_args(info, axis: str, values: list[str]) -> list:
+    labels = [a["label"] for a in info["args"]]
+    args = [a.get("value") for a in info["args"]]
+    # The type dropdowns are type="index": script-info shows their default as a label, the run wants an index.
+    args[labels.index("Y type")] = args[labels.index("Z type")] = 0   # "Nothing"
+    args[0] = info["args"][0]["choices"].index(axis)                    # X type
+    args[1] = ", ".join(f'"{v}"' if "," in v else v for v in values)  # X values
+    args[labels.index("Include Sub Images")] = True           # return every cell, not only the grid
+    args[labels.index("Draw legend")] = False
+    return args
+
+
+@pytest.mark.parametrize("axis", ["ASAG scale", "ASAG layers"])  # all four are checked as offered above
+def test_xyz_sweep(webui, axis):
+    info = _xyz(webui, "txt2img")
+    if axis not in info["args"][0]["choices"]:
+        pytest.fail(f"{axis} not offered by the XYZ script (ui={webui.ui})")
+    values = AXES[axis]
+    base_layers = "all" if axis != "ASAG layers" else ""
+    got = webui.txt2img(None, script_name="x/y/z plot", script_args=_script_args(info, axis, values),
+                        prompt="a lighthouse at dusk", alwayson_scripts={} if axis == "ASAG layers" else
+                        {"ASAG": {"args": [False, 3.0, base_layers]}})
+    assert got.status == 200, got.body
+    # images: [grid, cell 1, cell 2]; infotexts alike
+    cells = list(range(1, len(got.images)))
+    assert len(cells) == len(values), (len(got.images), got.infotexts)
+    pix = [got.pixels(i) for i in cells]
+    assert len(set(pix)) == len(values), "cells are identical"
+    key = axis
+    for i, value in zip(cells, values):
+        params = got.params(i)
+        assert "ASAG error" not in params, params
+        if axis == "ASAG scale":
+            assert float(params[key]) == float(value)
+        elif axis == "ASAG layers":
+            assert params[key] == value
+        else:
+            assert float(params[key]) == float(value)
+            assert params["ASAG layers"] == "all"
