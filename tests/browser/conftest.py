@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -49,6 +50,11 @@ def browser_context() -> Iterator[object]:
 def page(browser_context, base_url):
     """A fresh tab with the WebUI loaded and its own onUiLoaded scripts run."""
     page = browser_context.new_page()
+    # Gradio 4 pages (Forge) load iframeResizer from a CDN in a blocking <script>; offline, that request
+    # would hang the page's own scripts. Only the WebUI itself is reached.
+    origin = urlsplit(base_url).netloc
+    page.route("**/*", lambda route: route.continue_() if urlsplit(route.request.url).netloc in ("", origin)
+               else route.abort())
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(base_url + "/", wait_until="domcontentloaded", timeout=UI_TIMEOUT_MS)
