@@ -260,8 +260,7 @@ def dropdown_options(page, selector: str) -> list[str]:
     page.locator(f"{selector} input").click()
     options = page.locator(f"{selector} ul.options li")
     options.first.wait_for(state="attached")
-    labels = [o.get_attribute("data-value") or o.get_attribute("aria-label") or o.inner_text().strip("✓ \n")
-              for o in options.all()]
+    labels = [o.get_attribute("aria-label") for o in options.all()]  # gradio 3.41 and 4 both set it
     page.keyboard.press("Escape")
     return labels
 
@@ -269,7 +268,7 @@ def dropdown_options(page, selector: str) -> list[str]:
 def choose(page, selector: str, value: str) -> None:
     page.locator(f"{selector} input").click()
     # gradio selects on mousedown; the list re-renders under the pointer, so a full click is flaky
-    page.locator(f'{selector} ul.options li[data-value="{value}"]').dispatch_event("mousedown")
+    page.locator(f'{selector} ul.options li[aria-label="{value}"]').dispatch_event("mousedown")
     page.keyboard.press("Escape")
 
 
