@@ -15,19 +15,20 @@
         "hires": "Hires fix second pass: 'same' runs ASAG with the same settings, 'off' skips it there.",
     };
 
+    // Idempotent (runs on every UI update, so re-rendered children get their hint back). The enabled
+    // hint goes on the accordion's header only: the accordion element contains every other control.
     function setHint(root, text) {
-        if (root.dataset.asagHint) return;
-        root.dataset.asagHint = "1";
-        root.title = text;
-        root.querySelectorAll("label, span, input, textarea, select, .label-wrap").forEach((el) => {
-            if (!el.title) el.title = text;
+        if (root.title !== text) root.title = text;
+        root.querySelectorAll("label, span, input, textarea, select").forEach((el) => {
+            if (el.title !== text) el.title = text;
         });
     }
 
     function applyHints() {
         for (const tab of ["txt2img", "img2img"]) {
             for (const [field, text] of Object.entries(hints)) {
-                const el = gradioApp().getElementById(`script_${tab}_asag_${field}`);
+                const root = gradioApp().getElementById(`script_${tab}_asag_${field}`);
+                const el = root && field === "enabled" ? root.querySelector(".label-wrap") : root;
                 if (el) setHint(el, text);
             }
         }
