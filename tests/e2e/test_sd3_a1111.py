@@ -3,7 +3,7 @@
 Skipped unless ASAG_E2E_URL names the WebUI and its loaded checkpoint is SD3 (title containing "sd3", or
 ASAG_E2E_SD3=1 to say so). Made for the random-weight depth-2 checkpoint of ../shared/hosts/a1111/add_sd3.sh:
 
-    /work/hosts/serve.sh a1111 NAME PORT . --ckpt .../tiny-sd3.safetensors &
+    ../shared/hosts/a1111/run-api.sh <A1111_ROOT> --ckpt <A1111_ROOT>/webui/models/Stable-diffusion/tiny-sd3.safetensors &
     ASAG_E2E_URL=http://127.0.0.1:PORT .venv/bin/python -m pytest -q tests/e2e/test_sd3_a1111.py
 
 Needs requests and Pillow (imported only when a URL is given). Layers used: "joint.0-1" and "all" (depth 2).
