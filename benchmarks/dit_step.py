@@ -7,7 +7,7 @@ Run by hand with a Python that has the Forge backend's dependencies (torch, eino
 
 Models: the real `backend.nn.flux.IntegratedFluxTransformer2DModel` and `backend.nn.mmditx.MMDiTX` (SD3.5 code),
 narrow and shallow, random weights, 64x64 latents (32x32 = 1024 image tokens after 2x2 patches). ASAG's perturbed
-call goes through the shipped `lib_asag.host_forge_dit.perturbed_attention` (module-global swap + block hooks);
+call goes through the shipped `lib_asag.perturb.dit.perturbed_blocks` (module-global swap + block hooks);
 PAG-style identity is the same mechanism with the Sinkhorn attention replaced by `softmax -> identity`
 (output = V, after RoPE for Flux), so both differ only in the attention of the chosen blocks.
 Steps:
@@ -112,7 +112,8 @@ def sd3_setup(args):
 
 
 def steps(model, blocks, call, cfg_rows):
-    from lib_asag import host_forge_dit, sinkhorn
+    from lib_asag import sinkhorn
+    from lib_asag.perturb import dit
     normal_rows = cfg_rows or 1
 
     def cfg():
@@ -126,7 +127,7 @@ def steps(model, blocks, call, cfg_rows):
                 sinkhorn.adversarial_sinkhorn_attention_heads = lambda q, k, v, **_: v
                 sinkhorn.adversarial_sinkhorn_attention = lambda q, k, v, heads, **_: v
             try:
-                with host_forge_dit.perturbed_attention(blocks, iterations=3, epsilon=1.0):
+                with dit.perturbed_blocks(blocks, iterations=3, epsilon=1.0):
                     extra = call(1)
             finally:
                 if kind == "identity":

@@ -25,28 +25,20 @@ from typing import Iterable, Mapping
 
 import torch
 
+from .perturb.families import BLOCK_ATTRIBUTES, PRESETS
+
 UNET_BLOCKS = ("input", "middle", "output")
-DIT_BLOCKS = ("joint", "double", "single")
+DIT_BLOCKS = tuple(BLOCK_ATTRIBUTES)  # "joint", "double", "single", ... from the family table
 BLOCKS = UNET_BLOCKS + DIT_BLOCKS
 _ALIASES = {"input": "input", "in": "input", "down": "input", "middle": "middle", "mid": "middle",
-            "output": "output", "out": "output", "up": "output", "joint": "joint", "double": "double",
-            "single": "single"}
+            "output": "output", "out": "output", "up": "output", **{block: block for block in DIT_BLOCKS}}
 _MODULE_RE = re.compile(r"(?:^|\.)(?:(input|output)_blocks\.(\d+)|(middle)_block)\.\d+\.transformer_blocks\.(\d+)\.attn1$")
-_DIT_MODULE_RE = re.compile(r"(?:^|\.)(joint|double|single)_blocks\.(\d+)$")
+_DIT_PREFIX = {attribute: prefix for prefix, attribute in BLOCK_ATTRIBUTES.items()}
+_DIT_MODULE_RE = re.compile(rf"(?:^|\.)({'|'.join(map(re.escape, _DIT_PREFIX))})\.(\d+)$")
 _RANGE = r"(\d+)(?:-(\d+))?"
 _TOKEN_RE = re.compile(rf"^([a-z]+)(?:\.{_RANGE}(?:\.{_RANGE})?)?$")
 
-PRESETS: dict[str, dict[str, str]] = {
-    # SD1.x/SD2.x middle block: one transformer block, the PAG/SEG choice (docs/method.md).
-    "sd1": {"middle": "middle", "middle + output.3-5": "middle, output.3-5", "all": "all"},
-    "sd2": {"middle": "middle", "middle + output.3-5": "middle, output.3-5", "all": "all"},
-    # SDXL middle block: ten transformer blocks at the lowest resolution.
-    "sdxl": {"middle": "middle", "middle + output.0": "middle, output.0", "all": "all"},
-    # Diffusion transformers: blocks 7-9, the skip-layer-guidance practice (docs/method.md).
-    "sd3": {"joint.7-9": "joint.7-9", "all": "all"},
-    "flux": {"double.7-9": "double.7-9", "double.7-9 + single.7-9": "double.7-9, single.7-9", "all": "all"},
-    "chroma": {"double.7-9": "double.7-9", "double.7-9 + single.7-9": "double.7-9, single.7-9", "all": "all"},
-}
+# Presets per family live in the family table (lib_asag/perturb/families.py, pure data).
 DEFAULT_PRESET = "middle"  # the UNet default; each family's default is the first entry of its presets
 
 
@@ -77,7 +69,7 @@ class LayerRef:
     def module_path(self) -> str:
         """Path of the attn1 module (UNet) or of the block (DiT) under `model.diffusion_model`."""
         if self.is_dit:
-            return f"{self.block}_blocks.{self.block_id}"
+            return f"{BLOCK_ATTRIBUTES[self.block]}.{self.block_id}"
         parent = "middle_block" if self.block == "middle" else f"{self.block}_blocks.{self.block_id}"
         return f"{parent}.1.transformer_blocks.{self.index}.attn1"
 
@@ -96,7 +88,7 @@ def layer_from_module_name(name: str) -> LayerRef | None:
     """The LayerRef of a module name from `named_modules()`, or None if it is no UNet attn1 / DiT block."""
     dit = _DIT_MODULE_RE.search(name)
     if dit is not None:
-        return LayerRef(dit.group(1), int(dit.group(2)), 0)
+        return LayerRef(_DIT_PREFIX[dit.group(1)], int(dit.group(2)), 0)
     match = _MODULE_RE.search(name)
     if match is None:
         return None

@@ -11,8 +11,9 @@ from typing import Any, Mapping, Sequence
 
 from .guidance import ADAPTIVE_MODES
 from .layers import check_spec, is_preset, preset_spec
+from .perturb.families import FAMILIES as _FAMILY_TABLE
 
-FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux", "chroma")
+FAMILIES: tuple[str, ...] = tuple(_FAMILY_TABLE)  # "sd1", "sd2", "sdxl", "sd3", "flux", "chroma", ... (the table)
 HIRES_MODES = ("same", "off")
 LIMITS = {"scale": (0.0, 30.0), "iterations": (0, 50), "epsilon": (1e-3, 1e3), "start": (0.0, 1.0),
           "end": (0.0, 1.0), "rescale": (0.0, 1.0)}

@@ -1,4 +1,4 @@
-"""SD3 in A1111: lib_asag/a1111_sd3.py through lib_asag/host_a1111.py on the stand-ins of A1111 v1.10's
+"""SD3 in A1111: lib_asag/perturb/dit.py through lib_asag/hosts/a1111.py on the stand-ins of A1111 v1.10's
 modules/models/sd3 (tests/standins/a1111/modules/models/sd3), checked against an independent reference.
 
 The stand-in SD3 is a depth-3 MMDiT (hidden 192, 3 heads of 64, 16 image + 6 text tokens); its last block is
@@ -37,7 +37,7 @@ def env(standins):
     shared.reset()
     script_callbacks.clear_callbacks()
     sd_samplers_common.refiner_hook = None
-    import lib_asag.host_a1111 as host
+    import lib_asag.hosts.a1111 as host
     from modules.models.sd3 import mmdit
     yield types.SimpleNamespace(shared=shared, callbacks=script_callbacks, host=host, common=sd_samplers_common,
                                 mmdit=mmdit)
@@ -75,12 +75,26 @@ def _params(**kwargs):
 
 def _asag_callbacks(env):
     return [cb for lst in env.callbacks.callback_map.values() for cb in lst
-            if getattr(cb.callback, "__module__", "") == "lib_asag.host_a1111"]
+            if getattr(cb.callback, "__module__", "") == "lib_asag.hosts.a1111"]
 
 
 def _assert_unpatched(env, model, original_attention):
     assert env.mmdit.attention is original_attention
     assert [name for name, m in model.named_modules() if "forward" in m.__dict__] == []
+    hooks = [h for m in model.modules() for h in (*m._forward_pre_hooks.values(), *m._forward_hooks.values())]
+    assert [h for h in hooks if h.__module__.startswith("lib_asag")] == []
+
+
+def _batch_mode(monkeypatch, mode):
+    """batched = the default; separate = forced with the documented switch (env ASAG_BATCH=0)."""
+    if mode == "separate":
+        monkeypatch.setenv("ASAG_BATCH", "0")
+    else:
+        monkeypatch.delenv("ASAG_BATCH", raising=False)
+
+
+def _in_perturbed_call(env):
+    return getattr(env.mmdit.attention, "asag", False)
 
 
 def _run(env, model, case, params=None):
@@ -102,8 +116,10 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.parametrize("mode", ["batched", "separate"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_sd3_guided_result_matches_independent_reference(env, layout):
+def test_sd3_guided_result_matches_independent_reference(env, layout, mode, monkeypatch):
+    _batch_mode(monkeypatch, mode)
     case_kw, opts, model_kw = LAYOUTS[layout]
     model = _model(env, qk_norm=model_kw.get("qk_norm"))
     original = env.mmdit.attention
@@ -121,10 +137,12 @@ def test_sd3_guided_result_matches_independent_reference(env, layout):
     _assert_unpatched(env, model, original)
 
 
-def test_only_chosen_blocks_are_perturbed_and_only_in_the_extra_call(env, monkeypatch):
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_only_chosen_blocks_are_perturbed_and_only_on_the_perturbed_rows(env, monkeypatch, mode):
+    _batch_mode(monkeypatch, mode)
     model = _model(env)
-    case = _case(model, and_prompt=False, steps=1)  # one step: main call 4 rows, extra call 2 rows
-    sdpa_calls, block_calls = [], []
+    case = _case(model, and_prompt=False, steps=1)  # one step: main call 4 rows (+2 batched), extra call 2 rows
+    sdpa_calls, running, sinkhorn_calls = [], [], []
     host_attention = env.mmdit.attention
 
     def recording_attention(q, k, v, heads, mask=None):  # the host's attention, as block_mixing reaches it
@@ -132,14 +150,21 @@ def test_only_chosen_blocks_are_perturbed_and_only_in_the_extra_call(env, monkey
         return host_attention(q, k, v, heads, mask=mask)
     monkeypatch.setattr(env.mmdit, "attention", recording_attention)
     for i, block in enumerate(model.model.diffusion_model.joint_blocks):
-        block.register_forward_pre_hook(
-            lambda module, args, i=i: block_calls.append((i, args[0].shape[0], "forward" in module.__dict__)))
+        block.register_forward_pre_hook(lambda module, args, i=i: running.append(i))
+        block.register_forward_hook(lambda *_: (running.pop(), None)[1])
+    from lib_asag import sinkhorn
+    sink = sinkhorn.adversarial_sinkhorn_attention
+    monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention",
+                        lambda q, *a, **k: sinkhorn_calls.append((running[-1], q.shape[0])) or sink(q, *a, **k))
 
     got, _, _ = _run(env, model, case, _params(layers="joint.1"))
-    assert [(i, rows) for i, rows, patched in block_calls if patched] == [(1, 2)]
-    assert not any(patched for i, rows, patched in block_calls if rows == 4)
-    # main call: all 3 blocks reach the host's attention; extra call: blocks 0 and 2 only
-    assert sdpa_calls == [4, 4, 4, 2, 2]
+    assert sinkhorn_calls == [(1, 2)]  # block 1 only, on the 2 perturbed rows only
+    if mode == "separate":
+        # main call: all 3 blocks reach the host's attention; extra call: blocks 0 and 2 only
+        assert sdpa_calls == [4, 4, 4, 2, 2]
+    else:
+        # one call of [cond 2 | perturbed 2 | uncond 2]: block 1 runs the host's attention on the 4 normal rows
+        assert sdpa_calls == [6, 4, 6]
     _assert_unpatched(env, model, recording_attention)
     expected = H.reference_run(model, case, scale=2.0, layer_paths=["joint_blocks.1"], iterations=3, epsilon=0.6)
     torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
@@ -175,16 +200,25 @@ def test_bad_dit_layer_names_give_a_message_and_a_normal_image(env, layers, need
     _assert_unpatched(env, model, original)
 
 
-def test_error_inside_perturbed_pass_turns_asag_off_and_unpatches(env, caplog):
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_error_inside_perturbed_pass_turns_asag_off_and_unpatches(env, caplog, monkeypatch, mode):
+    _batch_mode(monkeypatch, mode)
     model = _model(env)
     original = env.mmdit.attention
     case = _case(model)
     baseline, _, _ = _run(env, model, case)
 
     def explode(module, args):
-        if "forward" in module.__dict__:
+        if _in_perturbed_call(env):
             raise RuntimeError("boom in the perturbed pass")
-    model.model.diffusion_model.joint_blocks[2].register_forward_pre_hook(explode)
+
+    def explode_sinkhorn(*args, **kwargs):
+        raise RuntimeError("boom in the perturbed pass")
+    if mode == "separate":  # anything failing in ASAG's own call
+        model.model.diffusion_model.joint_blocks[2].register_forward_pre_hook(explode)
+    else:  # in the host's call only ASAG's part can fail without failing the host: the Sinkhorn attention
+        from lib_asag import sinkhorn
+        monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention", explode_sinkhorn)
     p = _p(env, batch_size=2)
     env.host.Adapter().setup(p, _params())
     got = H.run_sampler(p, case)
@@ -200,7 +234,7 @@ def test_interrupt_during_perturbed_pass_unpatches(env):
     case = _case(model)
 
     def interrupt(module, args):
-        if env.mmdit.attention is not original:  # inside the perturbed call
+        if _in_perturbed_call(env):  # inside a call with perturbed rows
             env.shared.state.interrupted = True
             raise env.common.InterruptedException()
     model.model.diffusion_model.joint_blocks[1].register_forward_pre_hook(interrupt)
@@ -210,14 +244,17 @@ def test_interrupt_during_perturbed_pass_unpatches(env):
     _assert_unpatched(env, model, original)
 
 
-def test_exception_in_the_main_call_leaves_nothing_patched(env):
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_exception_in_the_main_call_leaves_nothing_patched(env, monkeypatch, mode):
+    _batch_mode(monkeypatch, mode)
     model = _model(env)
     original = env.mmdit.attention
     case = _case(model)
     calls = {"n": 0}
+    main_rows = 5 if mode == "separate" else 8  # 3 cond rows (AND) + 2 uncond rows (+ 3 perturbed rows)
 
     def fail_second_main_call(module, args):
-        if args[0].shape[0] == 5:  # 3 cond rows (AND) + 2 uncond rows
+        if args[0].shape[0] == main_rows:
             calls["n"] += 1
             if calls["n"] == 2:
                 raise RuntimeError("out of memory (simulated)")
@@ -233,7 +270,7 @@ def test_exception_in_the_main_call_leaves_nothing_patched(env):
 # The patch itself
 
 def test_patch_composes_with_another_instance_forward_and_restores_it(env):
-    from lib_asag import a1111_sd3
+    from lib_asag.perturb import dit
     model = _model(env)
     blocks = list(model.model.diffusion_model.joint_blocks)
     seen = []
@@ -244,7 +281,7 @@ def test_patch_composes_with_another_instance_forward_and_restores_it(env):
     y, ctx = torch.randn(1, 12), torch.randn(1, 6, 24)
     with torch.no_grad():
         before = model.model.diffusion_model(x, t, y=y, context=ctx)
-        with a1111_sd3.patched_joint_attention(blocks[:1], iterations=3, epsilon=0.6):
+        with dit.perturbed_blocks(dict(enumerate(blocks[:1])), iterations=3, epsilon=0.6):
             inside = model.model.diffusion_model(x, t, y=y, context=ctx)
         after = model.model.diffusion_model(x, t, y=y, context=ctx)
     assert len(seen) == 3  # the other extension's forward ran every time
@@ -253,17 +290,17 @@ def test_patch_composes_with_another_instance_forward_and_restores_it(env):
 
 
 def test_patch_is_removed_when_the_body_raises(env):
-    from lib_asag import a1111_sd3
+    from lib_asag.perturb import dit
     model = _model(env)
     original = env.mmdit.attention
     with pytest.raises(KeyboardInterrupt):
-        with a1111_sd3.patched_joint_attention(list(model.model.diffusion_model.joint_blocks), 3, 0.6):
+        with dit.perturbed_blocks(dict(enumerate(model.model.diffusion_model.joint_blocks)), iterations=3, epsilon=0.6):
             raise KeyboardInterrupt
     _assert_unpatched(env, model, original)
 
 
 def test_unknown_mmdit_implementation_is_refused(env):
-    from lib_asag import a1111_sd3
+    from lib_asag.perturb import dit
 
     class JointBlock(torch.nn.Module):  # lives in this test module: no module-level block_mixing/attention
         def __init__(self):
@@ -275,10 +312,10 @@ def test_unknown_mmdit_implementation_is_refused(env):
     messages = env.host.Adapter().setup(_p(env), _params(layers="joint.0"))
     assert len(messages) == 1 and "does not know this SD3 implementation" in messages[0]
     assert _asag_callbacks(env) == []
-    with pytest.raises(RuntimeError, match="not an MMDiT JointBlock"):
-        with a1111_sd3.patched_joint_attention(list(model.model.diffusion_model.joint_blocks), 3, 0.6):
+    with pytest.raises(RuntimeError, match="JointBlock is not a transformer block of a known family"):
+        with dit.perturbed_blocks(dict(enumerate(model.model.diffusion_model.joint_blocks)), iterations=3, epsilon=0.6):
             pass
-    assert [n for n, m in model.named_modules() if "forward" in m.__dict__] == []
+    assert [n for n, m in model.named_modules() if "forward" in m.__dict__ or m._forward_pre_hooks] == []
 
 
 # ---------------------------------------------------------------------------------------------------------

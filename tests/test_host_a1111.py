@@ -1,4 +1,4 @@
-"""lib_asag/host_a1111.py against the A1111 stand-ins (tests/standins/a1111) and an independent reference.
+"""lib_asag/hosts/a1111.py against the A1111 stand-ins (tests/standins/a1111) and an independent reference.
 
 Each run goes through the stand-in CFGDenoiser.forward with its real row layout and callback order; the
 expected result is rebuilt by tests/standins/a1111/asag_harness.py from plain model calls and a float64 Sinkhorn.
@@ -34,7 +34,7 @@ def env(standins):
     shared.reset()
     script_callbacks.clear_callbacks()
     sd_samplers_common.refiner_hook = None
-    import lib_asag.host_a1111 as host
+    import lib_asag.hosts.a1111 as host
     yield types.SimpleNamespace(shared=shared, callbacks=script_callbacks, host=host, common=sd_samplers_common)
     host.Adapter().teardown()
     script_callbacks.clear_callbacks()
@@ -65,7 +65,7 @@ def _params(**kwargs):
 
 def _asag_callbacks(env):
     return [cb for lst in env.callbacks.callback_map.values() for cb in lst
-            if getattr(cb.callback, "__module__", "") == "lib_asag.host_a1111"]
+            if getattr(cb.callback, "__module__", "") == "lib_asag.hosts.a1111"]
 
 
 def _assert_unpatched(model):

@@ -1,4 +1,4 @@
-"""The Forge adapter (lib_asag/host_forge.py) against stand-ins of Forge 33e381f1 (`ldm_patched`) and
+"""The Forge adapter (lib_asag/hosts/forge.py) against stand-ins of Forge 33e381f1 (`ldm_patched`) and
 Forge dfdcbab6 (`backend/`): a tiny random UNet, the real patch protocol and the host's sampling path.
 
 References are independent of the adapter and of lib_asag.sinkhorn: the perturbed prediction is recomputed by
@@ -31,7 +31,7 @@ class Host:
         self.tiny_sd_model = importlib.import_module(factory).tiny_sd_model
         self.processing = importlib.import_module("modules.processing")
         self.Sampler = importlib.import_module("modules.sd_samplers_cfg_denoiser").Sampler
-        self.adapter_module = importlib.import_module("lib_asag.host_forge")
+        self.adapter_module = importlib.import_module("lib_asag.hosts.forge")
         calc = ("backend.sampling.sampling_function" if name == "forge_backend" else "ldm_patched.modules.samplers")
         self.calc_cond_uncond_batch = importlib.import_module(calc).calc_cond_uncond_batch
 
@@ -44,7 +44,7 @@ class Host:
 def host(request, standins):
     standins(request.param)
     yield Host(request.param)
-    importlib.import_module("lib_asag.host_forge").Adapter(request.param).teardown()
+    importlib.import_module("lib_asag.hosts.forge").Adapter(request.param).teardown()
 
 
 def inputs(seed: int = 1, conds: int = 1):
@@ -124,7 +124,7 @@ def test_detect_host_picks_the_adapter_for_the_stand_in_root(standins, root):
     assert hosts.detect_host() == root
     if root != "a1111":
         adapter = hosts.get_adapter()
-        assert adapter.name == root and type(adapter).__module__ == "lib_asag.host_forge"
+        assert adapter.name == root and type(adapter).__module__ == "lib_asag.hosts.forge"
 
 
 def test_detect_host_imports_no_host_package(standins):

@@ -1,4 +1,4 @@
-"""Forge's diffusion transformers (lib_asag/host_forge_dit.py via host_forge.Adapter) on stand-ins of Forge
+"""Forge's diffusion transformers (lib_asag/perturb/dit.py via hosts/forge.py Adapter) on stand-ins of Forge
 dfdcbab6's backend/nn/flux.py, chroma.py and mmditx.py: tiny random models, the host's sampling path.
 
 The reference is independent of the adapter and of lib_asag.sinkhorn: the chosen blocks' instance `forward`
@@ -24,7 +24,7 @@ MODULES = {"flux": "backend.nn.flux", "chroma": "backend.nn.chroma", "sd3": "bac
 @pytest.fixture
 def forge(standins):
     standins("forge_backend")
-    adapter_module = importlib.import_module("lib_asag.host_forge")
+    adapter_module = importlib.import_module("lib_asag.hosts.forge")
     yield adapter_module
     adapter_module.Adapter("forge_backend").teardown()
 
@@ -129,6 +129,14 @@ def sinkhorn_calls(monkeypatch, model):
     return seen, handles
 
 
+def batch_mode(monkeypatch, mode):
+    """batched = the default; separate = forced with the documented switch (env ASAG_BATCH=0)."""
+    if mode == "separate":
+        monkeypatch.setenv("ASAG_BATCH", "0")
+    else:
+        monkeypatch.delenv("ASAG_BATCH", raising=False)
+
+
 def assert_host_untouched(p, family):
     module = sys.modules[MODULES[family]]
     assert not getattr(module.attention, "asag", False)
@@ -147,7 +155,11 @@ def assert_host_untouched(p, family):
     ("sd3", "joint.0", ["joint_blocks.0", "joint_blocks.0"]),  # joint attention and the x-block's attn2
     ("sd3", "joint.1-2", ["joint_blocks.1", "joint_blocks.2"]),
 ])
-def test_chosen_blocks_are_perturbed_in_the_extra_call_only(forge, family, spec, expected, monkeypatch):
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_chosen_blocks_are_perturbed_on_the_perturbed_rows_only(forge, family, spec, expected, mode, monkeypatch):
+    """Separate: Sinkhorn in the extra call only, never in the host's normal call. Batched: one call with the
+    cond rows appended, Sinkhorn in the chosen blocks once per attention call (on the appended rows)."""
+    batch_mode(monkeypatch, mode)
     p = processing(family)
     _, messages = setup(forge, p, layers=spec)
     assert messages == []
@@ -156,9 +168,13 @@ def test_chosen_blocks_are_perturbed_in_the_extra_call_only(forge, family, spec,
     run_step(p)
     for handle in handles:
         handle.remove()
-    assert [c["cond_or_uncond"] for c in model.calls] == [[0, 1], [0]]
+    if mode == "separate":
+        assert [c["cond_or_uncond"] for c in model.calls] == [[0, 1], [0]]
+        assert {call for call, _ in seen} == {1}  # the perturbed call only, never the host's normal call
+    else:
+        assert [c["cond_or_uncond"] for c in model.calls] == [[0, 1, 0]]
+        assert {call for call, _ in seen} == {0}
     assert sorted(block for call, block in seen) == sorted(expected)
-    assert {call for call, _ in seen} == {1}  # the perturbed call only, never the host's normal call
     assert_host_untouched(p, family)
 
 
@@ -166,7 +182,9 @@ def test_chosen_blocks_are_perturbed_in_the_extra_call_only(forge, family, spec,
     ("flux", "double.1, single.0", CFG), ("flux", "all", 1.0), ("chroma", "double.0-1", CFG),
     ("chroma", "single.1", 1.0), ("sd3", "joint.0-1", CFG), ("sd3", "joint.2", CFG),
 ])
-def test_guided_prediction_equals_the_float64_reference(forge, family, spec, cond_scale, caplog):
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_guided_prediction_equals_the_float64_reference(forge, family, spec, cond_scale, mode, caplog, monkeypatch):
+    batch_mode(monkeypatch, mode)
     caplog.set_level("INFO", logger="asag")
     p = processing(family)
     params, messages = setup(forge, p, layers=spec, scale=2.5, iterations=3, epsilon=0.7)
@@ -180,15 +198,19 @@ def test_guided_prediction_equals_the_float64_reference(forge, family, spec, con
     atol = 2e-5 * float(expected.abs().max())
     assert float((expected - plain).abs().max()) > 100 * atol
     torch.testing.assert_close(got, expected.float(), atol=atol, rtol=1e-4)
-    # CFG 1 (Flux dev / schnell): the host computes no uncond, ASAG guides D_c + s (D_c - D_asag)
+    # CFG 1 (Flux dev / schnell): the host computes no uncond, ASAG guides D_c + s (D_c - D_asag); batched,
+    # cond and perturbed rows run in one call
     normal = [0] if cond_scale == 1.0 else [0, 1]
-    assert calls == [normal, [0]]
-    assert [r.getMessage() for r in caplog.records if "perturbed pass" in r.getMessage()] == [
-        "ASAG: perturbed pass in a separate call (diffusion transformer)"]
+    assert calls == ([normal + [0]] if mode == "batched" else [normal, [0]])
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if "perturbed pass" in r.getMessage()] == [
+        ("INFO", "ASAG: perturbed pass batched with cond/uncond" if mode == "batched"
+         else "ASAG: perturbed pass in a separate call (ASAG_BATCH=0)")]
     assert_host_untouched(p, family)
 
 
-def test_chroma_swaps_its_own_module_global_not_fluxs(forge, monkeypatch):
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_chroma_swaps_its_own_module_global_not_fluxs(forge, mode, monkeypatch):
+    batch_mode(monkeypatch, mode)
     p = processing("chroma")
     setup(forge, p, layers="double.0")
     chroma, flux = sys.modules["backend.nn.chroma"], sys.modules["backend.nn.flux"]
@@ -198,7 +220,8 @@ def test_chroma_swaps_its_own_module_global_not_fluxs(forge, monkeypatch):
         lambda *_: seen.append((getattr(chroma.attention, "asag", False), getattr(flux.attention, "asag", False))))
     run_step(p)
     hook.remove()
-    assert seen == [(False, False), (True, False)]
+    # separate: the host's call untouched, then ASAG's; batched: the one call with the appended rows
+    assert seen == ([(False, False), (True, False)] if mode == "separate" else [(True, False)])
 
 
 def test_scale_zero_inactive_steps_and_disabled_are_bit_identical(forge):
@@ -252,13 +275,15 @@ def test_an_interrupt_inside_the_perturbed_call_propagates_and_restores_the_host
 
 
 def test_perturbed_attention_undoes_everything_on_exceptions(forge):
-    from lib_asag import host_forge_dit
+    from lib_asag.layers import LayerRef
+    from lib_asag.perturb import dit
     p = processing("sd3")
     model = p.sd_model.forge_objects.unet.model.diffusion_model
     mmditx = sys.modules["backend.nn.mmditx"]
     original = mmditx.attention
     with pytest.raises(KeyError):
-        with host_forge_dit.perturbed_attention({"joint.0": model.joint_blocks[0]}, iterations=2, epsilon=1.0):
+        with dit.perturbed_blocks({LayerRef("joint", 0, 0): model.joint_blocks[0]}, iterations=2,
+                                 epsilon=1.0):
             assert mmditx.attention is not original and model.joint_blocks[0]._forward_pre_hooks
             raise KeyError("anything")
     assert mmditx.attention is original

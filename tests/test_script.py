@@ -87,7 +87,7 @@ def generate(env, p, args, case, *, script=True, hires=False):
 
 def _asag_callbacks(env):
     return [cb for lst in env.callbacks.callback_map.values() for cb in lst
-            if getattr(cb.callback, "__module__", "") == "lib_asag.host_a1111"]
+            if getattr(cb.callback, "__module__", "") == "lib_asag.hosts.a1111"]
 
 
 def test_ui_returns_components_in_arg_order_with_the_defaults(env):

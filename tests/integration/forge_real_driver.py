@@ -369,14 +369,14 @@ def main(checkout: str, repo: str) -> None:
         print(json.dumps({"missing": e.name}))
         sys.exit(MISSING_DEPENDENCY)
     from lib_asag import hosts
-    from lib_asag.host_forge import Adapter
+    from lib_asag.hosts.forge import Adapter
     assert hosts.detect_host() == api.host, (hosts.detect_host(), api.host)
     cases = [(SD1, "middle", 5.0, 1), (SD1, "middle, output.2-3", 5.0, 2), (SD1, "input.1", 1.0, 1),
              (SDXL, "middle", 5.0, 1), (SDXL, "input.3.1", 5.0, 1)]
     results = [check_case(api, Adapter, *case, seed=i) for i, case in enumerate(cases)]
     batched = [(SD1, "middle, output.2-3", 5.0, 1), (SD1, "input.1", 1.0, 2), (SDXL, "middle", 5.0, 2)]
     results += [check_case(api, Adapter, *case, seed=i, batched=True) for i, case in enumerate(batched)]
-    source = sys.modules["lib_asag.host_forge"].cond_batch_function.__code__.co_filename
+    source = sys.modules["lib_asag.hosts.forge"].cond_batch_function.__code__.co_filename
     host_module = "backend.sampling.sampling_function" if is_backend else "ldm_patched.modules.samplers"
     host_file = sys.modules[host_module].__file__
     assert host_file.startswith(os.path.abspath(checkout)), host_file

@@ -3,7 +3,7 @@ repositories/stable-diffusion-stability-ai). Skipped unless ASAG_A1111_PATH name
 stablediffusion checkout (a folder holding ldm/modules/attention.py directly or under that repositories/ path).
 
 A small real UNetModel with random weights is built; the chosen attn1 layers are perturbed with
-lib_asag.host_a1111.patched_attention and compared with an independent float64 Sinkhorn forward installed on
+lib_asag.hosts.a1111.patched_attention and compared with an independent float64 Sinkhorn forward installed on
 a deep copy. Needs einops (ldm imports it).
 """
 from __future__ import annotations
@@ -102,7 +102,8 @@ def test_real_ldm_layer_paths_and_attributes(real_ldm):
 
 @pytest.mark.parametrize("optimised", [False, True])
 def test_real_ldm_perturbed_pass_matches_reference(real_ldm, monkeypatch, optimised):
-    from lib_asag import host_a1111, layers
+    from lib_asag import layers
+    from lib_asag.perturb import unet as perturb_unet
     H = _harness()
     if optimised:  # A1111 swaps CrossAttention.forward on the class (sd_hijack_optimizations.SdOptimization*)
         monkeypatch.setattr(real_ldm.attention.CrossAttention, "forward", _sdp_forward)
@@ -112,7 +113,7 @@ def test_real_ldm_perturbed_pass_matches_reference(real_ldm, monkeypatch, optimi
     x, t, context = _inputs()
     with torch.no_grad():
         plain = unet(x, t, context=context)
-        with host_a1111.patched_attention([found[ref] for ref in chosen], iterations=3, epsilon=0.8):
+        with perturb_unet.patched_attention({ref: found[ref] for ref in chosen}, iterations=3, epsilon=0.8):
             perturbed = unet(x, t, context=context)
         after = unet(x, t, context=context)
 
@@ -133,20 +134,21 @@ def test_real_ldm_perturbed_pass_matches_reference(real_ldm, monkeypatch, optimi
 def test_real_ldm_batched_rows_match_separate_calls(real_ldm, monkeypatch, optimised):
     """The batched mode's patch on the real UNet: one call of rows [cond | perturbed | uncond] with rows [2, 4)
     perturbed gives what a plain call on the other rows and a fully perturbed call on rows [2, 4) give."""
-    from lib_asag import host_a1111, layers
+    from lib_asag import layers
+    from lib_asag.perturb import unet as perturb_unet
     if optimised:
         monkeypatch.setattr(real_ldm.attention.CrossAttention, "forward", _sdp_forward)
     unet = _unet(real_ldm.openaimodel)
     found = layers.find_self_attention(unet)
-    modules = [found[ref] for ref in layers.resolve_layers("middle, output.1", found)]
+    modules = {ref: found[ref] for ref in layers.resolve_layers("middle, output.1", found)}
     x, t, context = _inputs()
     x, t, context = torch.cat([x, x, x]), torch.cat([t, t, t]), torch.cat([context, context, context])
     normal = torch.tensor([0, 1, 4, 5])
     with torch.no_grad():
-        with host_a1111.patched_attention(modules, iterations=3, epsilon=0.8, rows=(6, 2, 4)) as calls:
+        with perturb_unet.patched_attention(modules, iterations=3, epsilon=0.8, rows=(6, 2, 4)) as calls:
             batched = unet(x, t, context=context)
         plain = unet(x[normal], t[normal], context=context[normal])
-        with host_a1111.patched_attention(modules, iterations=3, epsilon=0.8):
+        with perturb_unet.patched_attention(modules, iterations=3, epsilon=0.8):
             perturbed = unet(x[2:4], t[2:4], context=context[2:4])
 
     assert calls.problem(modules) is None

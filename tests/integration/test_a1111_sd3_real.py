@@ -1,4 +1,4 @@
-"""The SD3 patch (lib_asag/a1111_sd3.py) on A1111's real MMDiT code: modules/models/sd3/mmdit.py (MMDiT,
+"""The SD3 patch (lib_asag/perturb/dit.py) on A1111's real MMDiT code: modules/models/sd3/mmdit.py (MMDiT,
 JointBlock, block_mixing, the module-level `attention` from other_impls.py) and sd3_impls.py (BaseModel,
 ModelSamplingDiscreteFlow). Skipped unless ASAG_A1111_PATH names an A1111 1.10 checkout (the folder holding
 modules/models/sd3/mmdit.py). Needs einops and PIL (imported by those files).
@@ -110,19 +110,20 @@ def _inputs(batch=2):
 
 
 def test_real_mmdit_block_names_family_and_support(real_sd3):
-    from lib_asag import a1111_sd3, layers
+    from lib_asag import layers
+    from lib_asag.perturb import dit
     mmdit = _base_model(real_sd3.sd3_impls).diffusion_model
     available = layers.find_self_attention(mmdit)
     assert [str(ref) for ref in available] == ["joint.0", "joint.1", "joint.2"]
     assert all(isinstance(m, real_sd3.mmdit.JointBlock) for m in available.values())
     assert layers.model_family(object(), available) == "sd3"
-    assert a1111_sd3.unsupported(mmdit) is None
+    assert dit.refusal(mmdit, available) is None
     assert real_sd3.mmdit.attention is real_sd3.other_impls.attention
 
 
 @pytest.mark.parametrize("chosen", [[0, 2], [1]])
 def test_real_base_model_perturbed_output_matches_reference(real_sd3, chosen):
-    from lib_asag import a1111_sd3
+    from lib_asag.perturb import dit
     H = _harness()
     model = _base_model(real_sd3.sd3_impls)
     blocks = model.diffusion_model.joint_blocks
@@ -134,7 +135,7 @@ def test_real_base_model_perturbed_output_matches_reference(real_sd3, chosen):
 
     with torch.no_grad():
         plain = model.apply_model(x, sigma, c_crossattn=context, y=y)
-        with a1111_sd3.patched_joint_attention([blocks[i] for i in chosen], iterations=3, epsilon=0.6):
+        with dit.perturbed_blocks(dict(enumerate([blocks[i] for i in chosen])), iterations=3, epsilon=0.6):
             got = model.apply_model(x, sigma, c_crossattn=context, y=y)
         after = model.apply_model(x, sigma, c_crossattn=context, y=y)
         expected = reference.apply_model(x, sigma, c_crossattn=context, y=y)
@@ -147,7 +148,7 @@ def test_real_base_model_perturbed_output_matches_reference(real_sd3, chosen):
 
 
 def test_real_mmdit_with_qk_norm_and_other_blocks_untouched(real_sd3, monkeypatch):
-    from lib_asag import a1111_sd3
+    from lib_asag.perturb import dit
     H = _harness()
     model = _mmdit_qk_norm(real_sd3.mmdit)
     x, sigma, context, y = _inputs()
@@ -163,7 +164,7 @@ def test_real_mmdit_with_qk_norm_and_other_blocks_untouched(real_sd3, monkeypatc
     reference.joint_blocks[1].forward = types.MethodType(H.joint_block_reference_forward(3, 0.6),
                                                          reference.joint_blocks[1])
     with torch.no_grad():
-        with a1111_sd3.patched_joint_attention([model.joint_blocks[1]], iterations=3, epsilon=0.6):
+        with dit.perturbed_blocks(dict(enumerate([model.joint_blocks[1]])), iterations=3, epsilon=0.6):
             got = model(x, t, y=y, context=context)
         assert calls == [7 + 16, 7 + 16]  # blocks 0 and 2 ran the host's attention, block 1 did not
         expected = reference(x, t, y=y, context=context)
@@ -172,11 +173,11 @@ def test_real_mmdit_with_qk_norm_and_other_blocks_untouched(real_sd3, monkeypatc
 
 
 def test_real_mmdit_patch_removed_on_exception(real_sd3):
-    from lib_asag import a1111_sd3
+    from lib_asag.perturb import dit
     model = _base_model(real_sd3.sd3_impls)
     x, sigma, context, y = _inputs()
     with pytest.raises(RuntimeError, match="simulated"):
-        with torch.no_grad(), a1111_sd3.patched_joint_attention(list(model.diffusion_model.joint_blocks), 3, 0.6):
+        with torch.no_grad(), dit.perturbed_blocks(dict(enumerate(list(model.diffusion_model.joint_blocks))), iterations=3, epsilon=0.6):
             model.apply_model(x, sigma, c_crossattn=context, y=y)
             raise RuntimeError("simulated failure in the perturbed call")
     assert real_sd3.mmdit.attention is real_sd3.other_impls.attention

@@ -13,7 +13,7 @@ bef51aed and v1.10.1):
    For this step it also wraps `denoiser.inner_model`'s forward: each host call passes a slice of that x
    (`x_in[a:b]`), so the wrapper knows which of its rows are perturbed and, in one try/finally around that
    call only, installs the perturbed attn1 forward on the chosen layers: the host's own forward on the other
-   rows, the Sinkhorn attention on the perturbed ones (lib_asag/batching.py mixed_rows, shared with Forge).
+   rows, the Sinkhorn attention on the perturbed ones (lib_asag/perturb/rows.py mixed_rows, shared with Forge).
 2. `on_cfg_denoised` (CFGDenoisedParams: x = x_out, inner_model) takes the perturbed prediction from rows
    [n, 2n) of x_out, or, where batching was not safe, runs `inner_model` once more on the cond rows with the
    chosen layers perturbed (the separate call), and computes the term sum_j w_j * s * (x_out[j] - perturbed[j])
@@ -27,9 +27,12 @@ the UNet (ControlNet's hooked UNet forward, reference attention, Regional Prompt
 wrapper is fine); when the rows are not laid out as above; when a batched call did not perturb every inserted
 row; or with `ASAG_BATCH=0`.
 
-What is perturbed is one perturbation object (`modules(sd_model)` and `patched(modules, rows)`): Sinkhorn at the
-chosen UNet attn1 layers (SD1.x/SD2.x/SDXL), or the joint attention of the chosen MMDiT blocks (SD3,
-lib_asag/a1111_sd3.py), which perturbs whole blocks, not rows, and so always takes the separate call.
+What is perturbed is one perturbation object (`modules(sd_model)` and `patched(modules, rows)`), host-free in
+lib_asag/perturb/: Sinkhorn at the chosen UNet attn1 layers (SD1.x/SD2.x/SDXL, perturb/unet.py), or the joint
+attention of the chosen MMDiT blocks (SD3, perturb/dit.py); both are row-aware, so both batch. Every perturbed
+call counts the Sinkhorn calls of each chosen layer/block (perturb/proof.py): a batched call that missed one
+falls back to the separate call, a separate call that missed one turns ASAG off with `ASAG error` in the
+infotext (never a silent zero term).
 
 Callbacks are registered by `setup` only when ASAG runs and removed by `teardown`; a failing perturbed pass
 turns ASAG off for the rest of the pass with one log line and never leaves a module patched. Host modules
@@ -38,19 +41,18 @@ are imported inside functions only.
 from __future__ import annotations
 
 import logging
-import types
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar
 
 import torch
 
-from . import a1111_sd3, batching, guidance, layers, params as asag_params, sinkhorn
-from .adapter_base import AdapterBase, edit_model_refusal, report_failure
+from .. import guidance, layers, params as asag_params
+from ..perturb import dit, unet as perturb_unet
+from ..perturb.rows import Rows
+from .base import AdapterBase, edit_model_refusal, log_mode, report_failure, switched_off
 
 log = logging.getLogger("asag")
-_MISSING = object()
-Rows = tuple[int, int, int]  # (rows of the call, first perturbed row, end): which rows of one call are ASAG's
+Modules = dict[layers.LayerRef, torch.nn.Module]  # the chosen attn1 layers / DiT blocks of one model
 
 
 def _unet(sd_model: Any) -> torch.nn.Module:
@@ -64,12 +66,14 @@ def _unsupported(sd_model: Any) -> str | None:
     if refusal:
         return refusal
     if getattr(sd_model, "is_sd3", False):
-        return a1111_sd3.unsupported(_unet(sd_model))
+        diffusion_model = _unet(sd_model)
+        blocks = {ref: m for ref, m in layers.find_self_attention(diffusion_model).items() if ref.is_dit}
+        return dit.refusal(diffusion_model, blocks)
     return None
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The perturbed self-attention forward
+# What is perturbed (lib_asag/perturb/): which modules of this model, and the patch for one call
 
 def _hypernetwork_contexts(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys/values context as A1111's attention forwards build it (hypernetworks apply to attn1 too)."""
@@ -81,82 +85,6 @@ def _hypernetwork_contexts(context: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, context)
 
 
-def _sinkhorn_attention(module: torch.nn.Module, x: torch.Tensor, context: torch.Tensor | None,
-                        iterations: int, epsilon: float) -> torch.Tensor:
-    """What A1111's optimised forwards compute (modules/sd_hijack_optimizations.py, e.g.
-    scaled_dot_product_attention_forward(self, x, context=None, mask=None, **kwargs)) with the adversarial
-    Sinkhorn plan in place of softmax. Projections, heads and output projection are the module's own."""
-    context_k, context_v = _hypernetwork_contexts(x if context is None else context)
-    q, k, v = module.to_q(x), module.to_k(context_k), module.to_v(context_v)
-    out = sinkhorn.adversarial_sinkhorn_attention(q, k, v, heads=module.heads, iterations=iterations,
-                                                  epsilon=epsilon)
-    return module.to_out(out)
-
-
-@dataclass
-class _CallLog:
-    """What the patched forwards saw during one model call."""
-
-    ran: set[int] = field(default_factory=set)  # id() of the patched modules that ran
-    error: str | None = None                     # why some rows that should be perturbed were not
-
-    def problem(self, modules: list[torch.nn.Module]) -> str | None:
-        if self.error:
-            return self.error
-        if any(id(module) not in self.ran for module in modules):
-            return "the chosen self-attention layers did not run (a custom UNet?)"
-        return None
-
-
-def _perturbed_forward(host: Callable, iterations: int, epsilon: float, rows: Rows | None, calls: _CallLog):
-    """An attn1 forward: the Sinkhorn attention on the perturbed rows (`rows`; None = all rows), `host` (the
-    forward that was there: the class's, or an instance wrapper such as hypertile's) on the others. Like the
-    host's forwards it ignores sgm's `additional_tokens`; a mask (never set for UNet self-attention) keeps the
-    host's attention. In a batched call a failure of the Sinkhorn part is recorded, not raised: the host's
-    call must go on (the adapter then falls back to the separate call, where an error turns ASAG off)."""
-
-    def forward(self, x, context=None, mask=None, **kwargs):
-        calls.ran.add(id(self))
-        if mask is not None:
-            return host(x, context=context, mask=mask, **kwargs)
-        if rows is None:
-            return _sinkhorn_attention(self, x, context, iterations, epsilon)
-        total, start, stop = rows
-        if x.shape[0] != total:  # something regrouped the batch on the way: do not guess where the rows went
-            calls.error = calls.error or f"attn1 got {x.shape[0]} rows in a call of {total}"
-            return host(x, context=context, **kwargs)
-        try:
-            return batching.mixed_rows(lambda x, c=None: host(x, context=c, **kwargs),
-                                       lambda x, c=None: _sinkhorn_attention(self, x, c, iterations, epsilon),
-                                       (x,) if context is None else (x, context), start, stop)
-        except Exception as e:
-            calls.error = calls.error or f"the perturbed attention failed: {type(e).__name__}: {e}"
-            return host(x, context=context, **kwargs)
-
-    forward.asag = True
-    return forward
-
-
-@contextmanager
-def patched_attention(modules: list[torch.nn.Module], iterations: int, epsilon: float, rows: Rows | None = None,
-                      calls: _CallLog | None = None) -> Iterator[_CallLog]:
-    """Override `forward` on these module instances only, restoring whatever was there on exit."""
-    calls = _CallLog() if calls is None else calls
-    saved: list[tuple[torch.nn.Module, Any]] = []
-    try:
-        for module in modules:
-            saved.append((module, module.__dict__.get("forward", _MISSING)))
-            forward = _perturbed_forward(module.forward, iterations, epsilon, rows, calls)
-            module.forward = types.MethodType(forward, module)
-        yield calls
-    finally:
-        for module, previous in reversed(saved):
-            if previous is _MISSING:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = previous
-
-
 @dataclass(frozen=True)
 class UNetSelfAttention:
     """The perturbation for SD1.x/SD2.x/SDXL UNets: Sinkhorn attention at the chosen attn1 layers."""
@@ -164,34 +92,30 @@ class UNetSelfAttention:
     params: asag_params.ASAGParams
     batch_off: ClassVar[str | None] = None  # why this perturbation can never share the host's call
 
-    def modules(self, sd_model: Any) -> list[torch.nn.Module] | None:
-        """The attn1 modules to perturb in this model; None when the spec names none of its layers."""
+    def modules(self, sd_model: Any) -> Modules | None:
+        """The attn1 modules (or MMDiT blocks) to perturb in this model; None when the spec names none of them."""
         available = layers.find_self_attention(_unet(sd_model))
         try:
             refs = layers.resolve_layers(self.params.layer_spec(layers.model_family(sd_model, available)), available)
         except layers.LayerSpecError as e:
             log.warning("ASAG: %s; no ASAG with this model (e.g. the refiner).", e)
             return None
-        return [available[ref] for ref in refs]
+        return {ref: available[ref] for ref in refs}
 
-    def patched(self, modules: list[torch.nn.Module], rows: Rows | None = None):
-        """Context manager: these modules perturb `rows` (None = every row) until exit; yields a _CallLog."""
-        return patched_attention(modules, self.params.iterations, self.params.epsilon, rows)
+    def patched(self, modules: Modules, rows: Rows | None = None):
+        """Context manager: these modules perturb `rows` (None = every row) until exit; yields the Sinkhorn
+        call counts per layer (lib_asag/perturb/proof.py)."""
+        return perturb_unet.patched_attention(modules, self.params.iterations, self.params.epsilon, rows,
+                                              contexts=_hypernetwork_contexts)
 
 
 @dataclass(frozen=True)
 class SD3JointAttention(UNetSelfAttention):
-    """SD3: Sinkhorn joint attention in the chosen MMDiT JointBlocks (found and resolved like attn1 layers)."""
+    """SD3: Sinkhorn joint attention in the chosen MMDiT JointBlocks (lib_asag/perturb/dit.py), row-aware."""
 
-    batch_off: ClassVar[str | None] = "SD3's joint attention is perturbed per block, not per row"
-
-    @contextmanager
-    def patched(self, modules: list[torch.nn.Module], rows: Rows | None = None) -> Iterator[_CallLog]:
-        if rows is not None:
-            raise ValueError(self.batch_off)
-        calls = _CallLog()
-        with a1111_sd3.patched_joint_attention(modules, self.params.iterations, self.params.epsilon, calls.ran):
-            yield calls
+    def patched(self, modules: Modules, rows: Rows | None = None):
+        return dit.perturbed_blocks(modules, iterations=self.params.iterations, epsilon=self.params.epsilon,
+                                    rows=rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -204,11 +128,11 @@ class _Batch:
     base: torch.Tensor                 # the x this step's host calls slice (CFGDenoiserParams.x after insertion)
     start: int                         # perturbed rows are [start, stop) of base
     stop: int
-    modules: list[torch.nn.Module]
+    modules: Modules
     covered: int = 0                   # perturbed rows that went through a patched call
     problem: str | None = None
     inner: Any = None                  # the inner model whose forward is wrapped, and what was there
-    previous: Any = _MISSING
+    previous: Any = None
 
 
 @dataclass
@@ -219,7 +143,7 @@ class _Step:
     inputs: Any                      # the CFGDenoiserParams object
     scale: float
     conds_list: list[list[tuple[int, float]]] = field(default_factory=list)
-    modules: list[torch.nn.Module] = field(default_factory=list)
+    modules: Modules = field(default_factory=dict)
     batch: _Batch | None = None
     term: torch.Tensor | None = None
     reference: torch.Tensor | None = None
@@ -234,7 +158,7 @@ class _Session:
     p: Any
     params: asag_params.ASAGParams
     perturbation: UNetSelfAttention
-    layer_cache: dict[int, tuple[torch.nn.Module, list[torch.nn.Module] | None, str | None]] = field(default_factory=dict)
+    layer_cache: dict[int, tuple[torch.nn.Module, Modules | None, str | None]] = field(default_factory=dict)
     pending: _Step | None = None
     applied_steps: int = 0
     failed: bool = False
@@ -260,7 +184,7 @@ def _replaced_forward(unet: torch.nn.Module) -> str | None:
     return None
 
 
-def _model_state(session: _Session, sd_model: Any) -> tuple[list[torch.nn.Module] | None, str | None]:
+def _model_state(session: _Session, sd_model: Any) -> tuple[Modules | None, str | None]:
     """(modules to perturb, why not to batch) for this model, once per pass (the refiner has its own)."""
     unet = _unet(sd_model)
     cached = session.layer_cache.get(id(unet))
@@ -340,7 +264,7 @@ def _batch_reason(session: _Session, step: _Step, unet_reason: str | None) -> st
     """Why this step's perturbed rows cannot go into the host's call, or None."""
     if session.batch_off is not None:
         return session.batch_off
-    reason = session.perturbation.batch_off or batching.switched_off() or unet_reason or _later_callbacks()
+    reason = session.perturbation.batch_off or switched_off() or unet_reason or _later_callbacks()
     if reason:
         return reason
     inputs, n_cond, batch_size = step.inputs, step.n_cond, len(step.conds_list)
@@ -392,7 +316,7 @@ def _inner_forward(session: _Session, step: _Step, host_forward: Callable) -> Ca
             return host_forward(x, sigma, **kwargs)
         with session.perturbation.patched(batch.modules, (x.shape[0], start, stop)) as calls:
             out = host_forward(x, sigma, **kwargs)
-        problem = calls.problem(batch.modules)
+        problem = calls.problem(batch.modules)  # every chosen layer ran Sinkhorn on these rows
         if problem:
             batch.problem = batch.problem or problem
         else:
@@ -406,8 +330,7 @@ def _inner_forward(session: _Session, step: _Step, host_forward: Callable) -> Ca
 def _wrap_inner_model(session: _Session, step: _Step) -> None:
     inner = step.denoiser.inner_model
     batch = step.batch
-    batch.inner, batch.previous = inner, inner.__dict__.get("forward", _MISSING)
-    inner.forward = _inner_forward(session, step, inner.forward)
+    batch.inner, batch.previous = inner, perturb_unet.set_forward(inner, _inner_forward(session, step, inner.forward))
 
 
 def _unwrap_inner_model(batch: _Batch | None) -> None:
@@ -415,10 +338,7 @@ def _unwrap_inner_model(batch: _Batch | None) -> None:
     if batch is None or batch.inner is None:
         return
     inner, batch.inner = batch.inner, None
-    if batch.previous is _MISSING:
-        inner.__dict__.pop("forward", None)
-    else:
-        inner.forward = batch.previous
+    perturb_unet.restore_forward(inner, batch.previous)
 
 
 def _batched_prediction(step: _Step, x_out: torch.Tensor) -> tuple[torch.Tensor | None, str | None]:
@@ -450,9 +370,7 @@ def _separate_prediction(session: _Session, step: _Step) -> torch.Tensor:
             b = min(a + chunk, n_cond)
             outs.append(denoiser.inner_model(x[a:b], sigma[a:b],
                                              cond=_condition_dict(_subscript(cond, a, b), image_cond[a:b])))
-    problem = calls.problem(step.modules)
-    if problem:
-        raise RuntimeError(problem)
+    calls.check(step.modules)  # a chosen layer/block that ran no Sinkhorn: no term, an error in the response
     return torch.cat(outs)
 
 
@@ -463,7 +381,7 @@ def _compute_term(session: _Session, step: _Step, x_out: torch.Tensor) -> None:
     perturbed, reason = _batched_prediction(step, x_out)
     if step.batch is not None and reason is not None:
         session.batch_off = reason  # do not insert rows again this pass
-    session.logged_mode = batching.log_mode(None if perturbed is not None else reason or session.batch_off,
+    session.logged_mode = log_mode(None if perturbed is not None else reason or session.batch_off,
                                             session.logged_mode)
     if perturbed is None:
         perturbed = _separate_prediction(session, step)

@@ -28,9 +28,17 @@ which then needs no second call. It falls back to the separate call (and logs wh
 is installed, with ControlNet, per-cond areas/masks/schedules, unequal AND weights, another attn1 patch at
 a chosen layer, model inputs it does not know, or too little free memory for the larger batch.
 
-Diffusion transformers on Forge's backend (SD3.5, Flux, Chroma) use the same clone, post-CFG function and
-session; only the perturbed prediction differs (no attn1 patches there): lib_asag/host_forge_dit.py, always in a
-separate call.
+Diffusion transformers on Forge's backend (SD3.5, Flux, Chroma) use the same clone, post-CFG function,
+session and batching; only the perturbation differs: no attn1 patches there, the chosen blocks' module-level
+attention is dispatched by lib_asag/perturb/dit.py around ASAG's call only (the batched call, where the
+dispatcher perturbs the appended rows, or the separate call). Flux at CFG 1 thus runs cond + perturbed rows in
+one call.
+
+Every perturbed call proves it perturbed (lib_asag/perturb/proof.py: Sinkhorn calls per chosen layer/block):
+a batched call that missed one falls back to the separate call; a separate call that missed one (MMDiT-X
+`transformer_options["skip_layers"]` naming a chosen block, a cached block, a replaced forward) turns ASAG off
+with `ASAG error` in the infotext. ASAG's calls carry `transformer_options["asag_perturbed"] = True` so that
+caching extensions can skip them. The attention code itself lives in lib_asag/perturb/; this file translates.
 """
 from __future__ import annotations
 
@@ -40,16 +48,22 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from . import batching, guidance, host_forge_dit, layers, params as asag_params, sinkhorn
-from .adapter_base import AdapterBase, edit_model_refusal, report_failure
+from contextlib import nullcontext
+
+from .. import guidance, layers, params as asag_params
+from ..perturb import dit, families, unet as perturb_unet
+from ..perturb.proof import SinkhornCalls
+from ..perturb.rows import is_interrupt
+from .base import AdapterBase, edit_model_refusal, log_mode, report_failure, switched_off
 
 log = logging.getLogger("asag")
 
 HOSTS = ("forge", "forge_backend")
 CalcCond = Callable[[Any, list, torch.Tensor, torch.Tensor, dict], torch.Tensor]
 
-BATCH_PERTURBED = True  # False (or env ASAG_BATCH=0, lib_asag/batching.py): always the separate call
+BATCH_PERTURBED = True  # False (or env ASAG_BATCH=0, lib_asag/hosts/base.py): always the separate call
 BATCH_MARK = "asag_normal_rows"  # transformer_options key: rows before it are the host's, after it ASAG's
+PERTURBED_MARK = "asag_perturbed"  # transformer_options key: True in every call with ASAG's perturbed rows
 MEMORY_MARGIN = 1.5  # the stricter of the hosts' own batching margins (reForge _calc_cond_batch)
 # Cond entry keys that make the host weight, crop, skip or split entries (get_area_and_mult,
 # _calc_cond_batch): the perturbed rows could not be combined like the host combines the cond rows.
@@ -77,8 +91,8 @@ def cond_batch_function(host: str) -> CalcCond:
                                                                                   options)[0]
 
 
-def with_attn1_replace(model_options: dict, patch: Callable, keys: Iterable[tuple]) -> dict:
-    """A copy of `model_options` with `patch` as attn1 replace at `keys`; the input is left untouched.
+def with_attn1_replace(model_options: dict, patches: dict[tuple, Callable]) -> dict:
+    """A copy of `model_options` with attn1 replace patches (key -> patch); the input is left untouched.
 
     Copies each dict level on the way down, as modules_forge/unet_patcher.py copy_and_update_model_options
     does (backend/patcher/base.py set_model_options_patch_replace copies all but the top level). Replace
@@ -87,25 +101,11 @@ def with_attn1_replace(model_options: dict, patch: Callable, keys: Iterable[tupl
     transformer_options = dict(options.get("transformer_options", {}))
     patches_replace = dict(transformer_options.get("patches_replace", {}))
     attn1 = dict(patches_replace.get("attn1", {}))
-    for key in keys:
-        attn1[tuple(key)] = patch
+    attn1.update({tuple(key): patch for key, patch in patches.items()})
     patches_replace["attn1"] = attn1
     transformer_options["patches_replace"] = patches_replace
     options["transformer_options"] = transformer_options
     return options
-
-
-def sinkhorn_attn1(iterations: int, epsilon: float) -> Callable:
-    """An attn1 replace patch: (q, k, v, extra_options) -> attention output before `to_out`.
-
-    `extra_options["n_heads"]` is set by BasicTransformerBlock._forward before it calls the patch."""
-
-    def attn1_replace(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        return sinkhorn.adversarial_sinkhorn_attention(q, k, v, heads=extra_options["n_heads"],
-                                                       iterations=iterations, epsilon=epsilon)
-
-    attn1_replace.asag = True
-    return attn1_replace
 
 
 def host_attention(host: str) -> Callable:
@@ -127,23 +127,6 @@ def free_memory(host: str, device: torch.device) -> float:
         return memory_management.get_free_memory(device)
     from ldm_patched.modules import model_management
     return model_management.get_free_memory(device)
-
-
-def batched_attn1(iterations: int, epsilon: float, attention: Callable) -> Callable:
-    """attn1 replace patch for the batched call: rows before `extra_options[BATCH_MARK]` get the host's
-    attention (what CrossAttention.forward computes without a mask), the appended rows the Sinkhorn one."""
-
-    def attn1_replace(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
-        rows, heads = extra_options[BATCH_MARK], extra_options["n_heads"]
-        kwargs = {"attn_precision": extra_options["attn_precision"]} if "attn_precision" in extra_options else {}
-        return batching.mixed_rows(
-            lambda q, k, v: attention(q, k, v, heads, **kwargs),  # reForge passes attn_precision
-            lambda q, k, v: sinkhorn.adversarial_sinkhorn_attention(q, k, v, heads=heads, iterations=iterations,
-                                                                    epsilon=epsilon),
-            (q, k, v), rows, q.shape[0])
-
-    attn1_replace.asag = True
-    return attn1_replace
 
 
 def progress(p: Any) -> tuple[int, int]:
@@ -188,15 +171,23 @@ class _Session:
     capture: _Capture | None = None
     closed_sigma: Any = None  # sigma of the evaluation whose normal pass is over
     logged_mode: str | None = None
-    predict: Callable[[Any, dict], torch.Tensor] | None = None  # separate perturbed call; None = attn1 patches
+    blocks: dict[layers.LayerRef, torch.nn.Module] | None = None  # the chosen DiT blocks; None = UNet attn1
+
+    def patches(self, calls: SinkhornCalls, host_attention: Callable | None = None) -> dict[tuple, Callable]:
+        """attn1 replace patches for the chosen UNet layers, counting into `calls` (batched with host_attention)."""
+        it, eps = self.params.iterations, self.params.epsilon
+        return {ref.patch_key: perturb_unet.replace_patch(ref, it, eps, calls, host_attention, BATCH_MARK)
+                for ref in self.refs}
+
+    def perturbed_blocks(self, calls: SinkhornCalls, rows: tuple[int, int, int] | None = None):
+        """The chosen DiT blocks perturbed (on `rows`) for one call; nothing for a UNet (its patches do it)."""
+        if self.blocks is None:
+            return nullcontext(calls)
+        return dit.perturbed_blocks(self.blocks, iterations=self.params.iterations, epsilon=self.params.epsilon,
+                                    rows=rows, calls=calls)
 
 
 _session: _Session | None = None
-
-
-def _is_interrupt(error: BaseException) -> bool:
-    """The host's interrupt/skip exceptions must propagate (e.g. model_management.InterruptProcessingException)."""
-    return "interrupt" in type(error).__name__.lower()
 
 
 def _interrupted() -> bool:
@@ -217,7 +208,7 @@ def _fail(session: _Session, error: BaseException) -> None:
 
 def _log_mode(session: _Session, reason: str | None) -> None:
     """Say once per pass (again only if it changes) how the perturbed prediction is computed."""
-    session.logged_mode = batching.log_mode(reason, session.logged_mode)
+    session.logged_mode = log_mode(reason, session.logged_mode)
 
 
 def _cond_reason(cond: list) -> str | None:
@@ -248,14 +239,24 @@ def _batched_prediction(session: _Session, args: dict) -> tuple[torch.Tensor | N
     return sum(capture.chunks) / len(capture.chunks), None
 
 
+def _marked(options: dict) -> dict:
+    """`transformer_options` with ASAG's mark (a copy): caching extensions can tell ASAG's call and skip it."""
+    return {**options, PERTURBED_MARK: True}
+
+
 def _separate_prediction(session: _Session, args: dict) -> torch.Tensor:
-    """The perturbed prediction from a call of its own on the cond rows (like Forge's PAG)."""
-    patch = sinkhorn_attn1(session.params.iterations, session.params.epsilon)
-    options = with_attn1_replace(args["model_options"], patch, [ref.patch_key for ref in session.refs])
+    """The perturbed prediction from a call of its own on the cond rows (like Forge's PAG), proven perturbed."""
+    calls = SinkhornCalls()
+    options = dict(args["model_options"])
+    options["transformer_options"] = _marked(options.get("transformer_options", {}))
+    if session.blocks is None:
+        options = with_attn1_replace(options, session.patches(calls))
     if getattr(options.get("model_function_wrapper"), "asag", False):
         del options["model_function_wrapper"]  # ours (top level is a copy): nothing to append to this call
-    with torch.no_grad():
-        return session.calc_cond(args["model"], args["cond"], args["input"], args["sigma"], options)
+    with torch.no_grad(), session.perturbed_blocks(calls):
+        perturbed = session.calc_cond(args["model"], args["cond"], args["input"], args["sigma"], options)
+    calls.check(session.refs)  # a chosen layer/block that ran no Sinkhorn: no term, an error in the response
+    return perturbed
 
 
 def _guided(session: _Session, args: dict, scale: float) -> torch.Tensor:
@@ -263,7 +264,7 @@ def _guided(session: _Session, args: dict, scale: float) -> torch.Tensor:
     perturbed, reason = _batched_prediction(session, args)
     _log_mode(session, reason)
     if perturbed is None:
-        perturbed = (session.predict or _separate_prediction)(session, args)
+        perturbed = _separate_prediction(session, args)
     if perturbed.shape != denoised.shape:
         raise RuntimeError(f"perturbed prediction has shape {tuple(perturbed.shape)}, "
                            f"CFG result {tuple(denoised.shape)}")
@@ -289,7 +290,7 @@ def _post_cfg_function(session: _Session) -> Callable[[dict], torch.Tensor]:
                 return denoised  # exactly the host's CFG result, no extra model call
             guided = _guided(session, args, scale)
         except Exception as e:
-            if _is_interrupt(e):
+            if is_interrupt(e):
                 raise
             _fail(session, e)
             return denoised
@@ -311,7 +312,7 @@ def _unbatchable_call(session: _Session, args: dict) -> str | None:
     if c.get("control") is not None:
         return "ControlNet"
     attn1 = c.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-    for ref in session.refs:
+    for ref in (session.refs if session.blocks is None else ()):
         if ref.patch_key in attn1 or ref.patch_key[:2] in attn1:
             return f"another attn1 patch at {ref}"  # the normal rows must keep it
     for key, value in c.items():
@@ -330,10 +331,10 @@ def _unbatchable_call(session: _Session, args: dict) -> str | None:
 
 
 def _extended_options(session: _Session, options: dict, cond_or_uncond: list, chunks: list[int],
-                      rows: int, per_chunk: int) -> dict:
+                      rows: int, per_chunk: int, calls: SinkhornCalls) -> dict:
     """This call's transformer_options for the longer batch: the appended rows are cond rows to every patch
     that reads cond_or_uncond / cond_mark / cond_indices / uuids (as in the separate call), and ASAG's attn1
-    patch at the chosen layers knows where they start."""
+    patch at the chosen layers (UNet) knows where they start."""
     extra = len(chunks) * per_chunk
     options = dict(options)
     options["cond_or_uncond"] = list(cond_or_uncond) + [0] * len(chunks)
@@ -344,12 +345,14 @@ def _extended_options(session: _Session, options: dict, cond_or_uncond: list, ch
     if "cond_indices" in options:  # Forge compute_cond_indices
         options["cond_indices"] = list(options["cond_indices"]) + list(range(rows, rows + extra))
     options[BATCH_MARK] = rows
-    patch = batched_attn1(session.params.iterations, session.params.epsilon, host_attention(session.host))
-    keys = [ref.patch_key for ref in session.refs]
-    return with_attn1_replace({"transformer_options": options}, patch, keys)["transformer_options"]
+    options = _marked(options)
+    if session.blocks is not None:
+        return options
+    patches = session.patches(calls, host_attention(session.host))
+    return with_attn1_replace({"transformer_options": options}, patches)["transformer_options"]
 
 
-def _append_cond_rows(session: _Session, args: dict) -> tuple[torch.Tensor, torch.Tensor, dict, int]:
+def _append_cond_rows(session: _Session, args: dict, calls: SinkhornCalls) -> tuple[torch.Tensor, torch.Tensor, dict, int]:
     """(input, timestep, c, normal rows) with a copy of every cond chunk's rows appended."""
     x, c, cond_or_uncond = args["input"], args["c"], list(args["cond_or_uncond"])
     rows, per_chunk = x.shape[0], x.shape[0] // len(cond_or_uncond)
@@ -358,13 +361,14 @@ def _append_cond_rows(session: _Session, args: dict) -> tuple[torch.Tensor, torc
     extended = {key: torch.cat([value, value[index.to(value.device)]]) if isinstance(value, torch.Tensor) else value
                 for key, value in c.items() if key != "transformer_options"}
     extended["transformer_options"] = _extended_options(session, c.get("transformer_options", {}), cond_or_uncond,
-                                                        chunks, rows, per_chunk)
+                                                        chunks, rows, per_chunk, calls)
     timestep = args["timestep"]
     return (torch.cat([x, x[index.to(x.device)]]), torch.cat([timestep, timestep[index.to(timestep.device)]]),
             extended, rows)
 
 
-def _batch_plan(session: _Session, args: dict) -> tuple[torch.Tensor, torch.Tensor, dict, int] | None:
+def _batch_plan(session: _Session, args: dict,
+                calls: SinkhornCalls) -> tuple[torch.Tensor, torch.Tensor, dict, int] | None:
     """The longer call to make instead of this one, or None to run it as the host built it."""
     sigma = args["c"].get("transformer_options", {}).get("sigmas")
     if (_session is not session or session.failed or session.batch_off is not None or sigma is None
@@ -377,7 +381,7 @@ def _batch_plan(session: _Session, args: dict) -> tuple[torch.Tensor, torch.Tens
         return None
     if session.capture is None or session.capture.sigma is not sigma:
         session.capture = _Capture(sigma)
-    return _append_cond_rows(session, args)
+    return _append_cond_rows(session, args, calls)
 
 
 def _model_wrapper(session: _Session) -> Callable[[Callable, dict], torch.Tensor]:
@@ -385,20 +389,26 @@ def _model_wrapper(session: _Session) -> Callable[[Callable, dict], torch.Tensor
     returns the host exactly the rows it asked for. A plain closure (see _post_cfg_function)."""
 
     def asag_model_wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
-        plan = _batch_plan(session, args)
+        calls = SinkhornCalls()
+        plan = _batch_plan(session, args, calls)
         if plan is None:
             return apply_model(args["input"], args["timestep"], **args["c"])
         x, timestep, c, rows = plan
         try:
-            output = apply_model(x, timestep, **c)
+            with session.perturbed_blocks(calls, (x.shape[0], rows, x.shape[0])):
+                output = apply_model(x, timestep, **c)
         except Exception as e:
-            if _is_interrupt(e):
+            if is_interrupt(e):
                 raise
             session.batch_off = f"the batched call failed: {type(e).__name__}: {e}"
             log.warning("ASAG: %s; running the host's call without the perturbed rows", session.batch_off)
             return apply_model(args["input"], args["timestep"], **args["c"])
-        per_chunk = rows // len(args["cond_or_uncond"])
-        session.capture.chunks.extend(output[rows:].split(per_chunk))
+        problem = calls.problem(session.refs)  # every chosen layer/block ran Sinkhorn on the appended rows
+        if problem:
+            session.batch_off = problem  # the post-CFG function falls back to the separate call
+        else:
+            per_chunk = rows // len(args["cond_or_uncond"])
+            session.capture.chunks.extend(output[rows:].split(per_chunk))
         return output[:rows]
 
     asag_model_wrapper.asag = True
@@ -424,10 +434,8 @@ def _install(clone: Any, session: _Session) -> None:
     # set_model_sampler_post_cfg_function(post_cfg_function, disable_cfg1_optimization=False).
     # cfg1 optimisation stays on: ASAG needs only the cond rows (D = D_c + s (D_c - D_asag)).
     clone.set_model_sampler_post_cfg_function(_post_cfg_function(session))
-    if session.predict is not None:
-        session.batch_off = "diffusion transformer"  # host_forge_dit: the swap lives in ASAG's own call only
-    elif not BATCH_PERTURBED or batching.switched_off():
-        session.batch_off = batching.switched_off() or "batching switched off (host_forge.BATCH_PERTURBED)"
+    if not BATCH_PERTURBED or switched_off():
+        session.batch_off = switched_off() or "batching switched off (hosts/forge.py BATCH_PERTURBED)"
     elif clone.model_options.get("model_function_wrapper") is not None:
         session.batch_off = "another extension's model_function_wrapper is installed"
     else:
@@ -475,24 +483,31 @@ class Adapter(AdapterBase):
             return ["ASAG: this model has no Forge UNet patcher (forge_objects.unet). Generating without ASAG."]
         diffusion_model = unet.model.diffusion_model
         available = layers.find_self_attention(diffusion_model)
-        dit = host_forge_dit.is_dit(available)
+        is_dit = any(ref.is_dit for ref in available)
         refusal = _unsupported(sd_model, diffusion_model, available) or (
-            host_forge_dit.refusal(diffusion_model, self.name, available) if dit else None)
+            self._dit_refusal(diffusion_model, available) if is_dit else None)
         if refusal:
             return [refusal]
-        family = (host_forge_dit.family(diffusion_model) if dit else None) or layers.model_family(sd_model, available)
+        family = families.by_model(diffusion_model) if is_dit else None
+        family_name = family.name if family is not None else layers.model_family(sd_model, available)
         try:
-            refs = layers.resolve_layers(params.layer_spec(family), available)
+            refs = layers.resolve_layers(params.layer_spec(family_name), available)
         except layers.LayerSpecError as e:
             return [f"{e}. Generating without ASAG."]
         clone = unet.clone()
         _drop_asag_functions(clone)
         session = _Session(p, params, refs, cond_batch_function(self.name), unet, clone, host=self.name,
-                           predict=host_forge_dit.separate_prediction if dit else None)
+                           blocks={ref: available[ref] for ref in refs} if is_dit else None)
         _install(clone, session)
         sd_model.forge_objects.unet = clone
         _session = session
         return []
+
+    def _dit_refusal(self, diffusion_model: Any, available: dict) -> str | None:
+        if self.name != "forge_backend":
+            return (f"ASAG supports diffusion transformers ({type(diffusion_model).__name__}) on Forge's backend/ "
+                    "only, not on ldm_patched hosts. Generating without ASAG.")
+        return dit.refusal(diffusion_model, {ref: m for ref, m in available.items() if ref.is_dit})
 
     def teardown(self, p: Any = None) -> None:
         """Idempotent. Disarms the post-CFG function and puts the original patcher back if ours is still set.

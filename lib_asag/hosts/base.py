@@ -1,11 +1,17 @@
-"""What every host adapter does the same way around its own setup: never raise into a generation,
-and decide before touching the host whether this pass needs ASAG at all."""
+"""What every host adapter does the same way: never raise into a generation, decide before touching the
+host whether this pass needs ASAG at all, report a failed pass honestly, and say how the perturbed rows run.
+
+Batched or separate: where safe, an adapter puts the perturbed rows into the host's own model call (the
+perturbations in lib_asag/perturb/ are row-aware); where not, it runs them in a call of their own and says
+why, once per pass. `ASAG_BATCH=0` in the WebUI's environment forces the separate call on every host.
+"""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
-from . import params as asag_params
+from .. import params as asag_params
 
 log = logging.getLogger("asag")
 
@@ -59,3 +65,30 @@ class AdapterBase:
 
     def teardown(self, p: Any = None) -> None:
         raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batched or separate
+
+ENV = "ASAG_BATCH"
+
+
+def switched_off() -> str | None:
+    """Why batching is off by the user's choice (`ASAG_BATCH=0`), or None."""
+    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "off", "no"):
+        return f"{ENV}={os.environ[ENV]}"
+    return None
+
+
+def log_mode(reason: str | None, last: str | None, only_mode: bool = False) -> str:
+    """Log how the perturbed prediction is computed, unless it is `last` (one line per pass and change).
+
+    A fallback is a warning so that it reaches the console: the WebUIs configure no logging by default
+    (A1111 modules/logging_config.py without --loglevel), which shows warnings only. The batched mode, the
+    user's own switch and a mode that is the only one for the backbone (`only_mode`) are info."""
+    text = ("ASAG: perturbed pass batched with cond/uncond" if reason is None
+            else f"ASAG: perturbed pass in a separate call ({reason})")
+    if text != last:
+        quiet = reason is None or reason.startswith(ENV) or only_mode
+        log.log(logging.INFO if quiet else logging.WARNING, text)
+    return text

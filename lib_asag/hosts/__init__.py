@@ -1,4 +1,8 @@
-"""Which WebUI are we running in? Decided by what is importable, without importing it.
+"""Where the perturbed pass runs: one adapter per host (a1111.py, forge.py), chosen by what is importable.
+
+The adapters translate host calls only: they decide where the perturbed rows go (batched into the host's
+call or in a call of their own), call a perturbation from lib_asag/perturb/ and add the term where the host
+combines CFG. Which WebUI is running is decided without importing it:
 
 Only top-level packages are looked up (`importlib.util.find_spec("pkg")` imports nothing; a dotted name
 would import its parent), then the package folders are checked for the files each adapter relies on, so
@@ -59,5 +63,5 @@ def get_adapter() -> Any | None:
     if host is None:
         return None
     if host == "a1111":
-        return importlib.import_module("lib_asag.host_a1111").Adapter()
-    return importlib.import_module("lib_asag.host_forge").Adapter(host)
+        return importlib.import_module("lib_asag.hosts.a1111").Adapter()
+    return importlib.import_module("lib_asag.hosts.forge").Adapter(host)

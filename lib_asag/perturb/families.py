@@ -1,0 +1,116 @@
+"""One row per model family: everything ASAG needs to know about a backbone, as data.
+
+A UNet row (SD1.x, SD2.x, SDXL) names its presets and the host flag that identifies it; its layers are the
+`attn1` modules found by lib_asag.layers. A diffusion-transformer row also says where its blocks live, which
+module-level attention function those blocks call (looked up in the module of the block's class, as Python
+does for the block's code) and how that function is called, so that lib_asag/perturb/dit.py can perturb any
+of them with one mechanism. Adding a family = one `Family(...)` below + a stand-in mirroring its real file +
+tests. Pure data: no torch, no host module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+# How the blocks call their module-level attention function.
+FLAT = "flat"              # attention(q, k, v, heads, mask=None): q/k (B, N, heads*d), v (B, N, heads*d) or
+                           # (B, N, heads, d) -> (B, N, heads*d)   (MMDiT: A1111 mmdit.py, Forge mmditx.py)
+HEADS_ROPE = "heads_rope"  # attention(q, k, v, pe): head-major (B, heads, N, d) after QK-norm, RoPE applied by
+                           # the function itself (`rope` below) -> (B, N, heads*d)   (Flux, Chroma)
+LAYOUTS = (FLAT, HEADS_ROPE)
+
+ClassRef = tuple[str, str]  # (module, class name) as type(obj).__module__, type(obj).__name__
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family. UNet rows leave every DiT field empty."""
+
+    name: str                                   # "sd1" | "sdxl" | "sd3" | "flux" | ... (infotext, presets)
+    presets: Mapping[str, str]                  # preset name -> layer spec; the first one is the default
+    flags: tuple[str, ...] = ()                 # host flags on sd_model that name this family (is_sdxl, ...)
+    models: tuple[ClassRef, ...] = ()           # diffusion-model classes of this family, on every host
+    blocks: Mapping[str, str] = field(default_factory=dict)  # user prefix -> attribute ("joint" -> "joint_blocks")
+    block_classes: tuple[ClassRef, ...] = ()    # the block classes whose attention calls are dispatched
+    attention: str = "attention"                # module-level function the blocks call, in their class's module
+    layout: str = FLAT                          # call layout of that function (FLAT / HEADS_ROPE)
+    rope: tuple[str, str] | None = None         # (module, function) the dispatcher applies first (HEADS_ROPE)
+    requires: tuple[str, ...] = ()              # other module-level names the block module must define
+    extra_attentions: str = ""                  # other calls of the same function inside a chosen block
+    # Which calls of the function inside a chosen block are perturbed, from the call's (args, kwargs); None =
+    # every call. For families whose blocks reach one global for self- and cross-attention (Cosmos/Anima:
+    # only self_attn may change) a row gives a predicate here.
+    perturbs: Callable[[tuple, dict], bool] | None = None
+    scale: float = 3.0                          # default ASAG scale and active window for this family
+    window: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def is_dit(self) -> bool:
+        return bool(self.blocks)
+
+
+_UNET_PRESETS = {"middle": "middle", "middle + output.3-5": "middle, output.3-5", "all": "all"}
+_FLUX_PRESETS = {"double.7-9": "double.7-9", "double.7-9 + single.7-9": "double.7-9, single.7-9", "all": "all"}
+_FLUX_BLOCKS = {"double": "double_blocks", "single": "single_blocks"}
+
+ROWS: tuple[Family, ...] = (
+    # SD1.x/SD2.x middle block: one transformer block, the PAG/SEG choice (docs/method.md).
+    Family("sd1", _UNET_PRESETS, flags=("is_sd1",)),
+    Family("sd2", _UNET_PRESETS, flags=("is_sd2",)),
+    # SDXL middle block: ten transformer blocks at the lowest resolution.
+    Family("sdxl", {"middle": "middle", "middle + output.0": "middle, output.0", "all": "all"}, flags=("is_sdxl",)),
+    # Diffusion transformers: blocks 7-9, the skip-layer-guidance practice (docs/method.md).
+    # SD3 / SD3.5: A1111 1.10 modules/models/sd3/mmdit.py and Forge backend/nn/mmditx.py (dfdcbab6): JointBlock
+    # -> block_mixing -> module-level attention(q, k, v, heads) on the text+image rows; MMDiT-X (SD3.5 Medium)
+    # calls it once more in its first blocks for the x-block's own self-attention `attn2`.
+    Family("sd3", {"joint.7-9": "joint.7-9", "all": "all"}, flags=("is_sd3",),
+           models=(("modules.models.sd3.mmdit", "MMDiT"), ("backend.nn.mmditx", "MMDiTX")),
+           blocks={"joint": "joint_blocks"},
+           block_classes=(("modules.models.sd3.mmdit", "JointBlock"), ("backend.nn.mmditx", "JointBlock")),
+           layout=FLAT, requires=("block_mixing",), extra_attentions="x_block.attn2 (MMDiT-X)"),
+    # Flux: Forge backend/nn/flux.py, attention(q, k, v, pe) = apply_rope + attention_function.
+    Family("flux", _FLUX_PRESETS, flags=("is_flux",),
+           models=(("backend.nn.flux", "IntegratedFluxTransformer2DModel"),),
+           blocks=_FLUX_BLOCKS,
+           block_classes=(("backend.nn.flux", "DoubleStreamBlock"), ("backend.nn.flux", "SingleStreamBlock")),
+           layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope")),
+    # Chroma: backend/nn/chroma.py imports flux's `attention`, so its blocks look up chroma's own global.
+    Family("chroma", _FLUX_PRESETS, flags=("is_chroma",),
+           models=(("backend.nn.chroma", "IntegratedChromaTransformer2DModel"),),
+           blocks=_FLUX_BLOCKS,
+           block_classes=(("backend.nn.chroma", "DoubleStreamBlock"), ("backend.nn.chroma", "SingleStreamBlock")),
+           layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope")),
+)
+
+FAMILIES: dict[str, Family] = {row.name: row for row in ROWS}
+PRESETS: dict[str, dict[str, str]] = {row.name: dict(row.presets) for row in ROWS}
+
+def _block_attributes() -> dict[str, str]:
+    """User prefix -> block-list attribute over all rows; one prefix must mean one attribute everywhere."""
+    found: dict[str, str] = {}
+    for row in ROWS:
+        for prefix, attribute in row.blocks.items():
+            if found.setdefault(prefix, attribute) != attribute:
+                raise ValueError(f"block prefix {prefix!r} maps to {found[prefix]!r} and {attribute!r}")
+    return found
+
+
+BLOCK_ATTRIBUTES: dict[str, str] = _block_attributes()  # "joint" -> "joint_blocks", "double" -> ...
+
+
+def _key(obj: object) -> ClassRef:
+    return type(obj).__module__, type(obj).__name__
+
+
+def by_model(diffusion_model: object) -> Family | None:
+    """The DiT family whose model class this is (the class decides: Forge's Flux and Chroma engines set no
+    `is_flux` / `is_chroma` flag, backend/diffusion_engine/flux.py, chroma.py), or None."""
+    key = _key(diffusion_model)
+    return next((row for row in ROWS if key in row.models), None)
+
+
+def by_block(block: object) -> Family | None:
+    """The DiT family whose block class this is, or None."""
+    key = _key(block)
+    return next((row for row in ROWS if key in row.block_classes), None)
+
