@@ -7,13 +7,15 @@ Run by hand with a Python that has the Forge backend's dependencies (torch, eino
 
 Models: the real `backend.nn.flux.IntegratedFluxTransformer2DModel` and `backend.nn.mmditx.MMDiTX` (SD3.5 code),
 narrow and shallow, random weights, 64x64 latents (32x32 = 1024 image tokens after 2x2 patches). ASAG's perturbed
-call goes through the shipped `lib_asag.perturb.dit.perturbed_blocks` (module-global swap + block hooks);
-PAG-style identity is the same mechanism with the Sinkhorn attention replaced by `softmax -> identity`
+rows go through the shipped `lib_asag.perturb.dit.perturbed_blocks` (module-global swap + block hooks, row-aware
+dispatcher); PAG-style identity is the same mechanism with the Sinkhorn attention replaced by `softmax -> identity`
 (output = V, after RoPE for Flux), so both differ only in the attention of the chosen blocks.
 Steps:
-  cfg     SD3.5: one call on batch 2 (cond, uncond); Flux dev at CFG 1: one call on the cond row
-  pag     cfg + one call on the cond row with the chosen blocks' attention = identity
-  asag    cfg + one call on the cond row with the chosen blocks' attention = adversarial Sinkhorn (T=3, eps=1)
+  cfg           SD3.5: one call on batch 2 (cond, uncond); Flux dev at CFG 1: one call on the cond row
+  pag, asag     separate (ASAG_BATCH=0): cfg + one call on the cond row with the chosen blocks' attention =
+                identity / adversarial Sinkhorn (T=3, eps=1)
+  pag_batched,  batched (the default): ONE call on the cfg rows + a copy of the cond row, the chosen blocks'
+  asag_batched  attention = the host's on the cfg rows and identity / Sinkhorn on the appended row
 Ratios are paired within rounds (every round times each step once, rotating order), median over rounds, as
 [median, spread] (spread = half the IQR / median), for the wall clock and for this process's CPU time (steadier on
 a shared machine with one thread).
@@ -35,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from timing import median, paired_ratio  # noqa: E402
+
+from lib_asag.layers import LayerRef  # noqa: E402
 
 
 def interleaved_both(cases, rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -89,8 +93,8 @@ def flux_setup(args):
     x = torch.randn(1, 16, args.latent, args.latent, generator=g)
     inputs = dict(x=x, timestep=torch.full((1,), 0.7), context=torch.randn(1, args.flux_text, 512, generator=g),
                   y=torch.randn(1, 768, generator=g), guidance=torch.full((1,), 3.5))
-    blocks = {f"double.{i}": model.double_blocks[i] for i in args.flux_blocks}
-    return model, blocks, lambda rows: model(**inputs), None  # CFG 1: the host makes one cond call
+    blocks = {LayerRef("double", i, 0): model.double_blocks[i] for i in args.flux_blocks}
+    return model, blocks, caller(model, inputs), 1  # CFG 1: the host makes one cond call
 
 
 def sd3_setup(args):
@@ -102,40 +106,56 @@ def sd3_setup(args):
                                 pos_embed_max_size=96, num_patches=96 * 96, qk_norm="rms",
                                 x_block_self_attn_layers=[]))
     g = torch.Generator().manual_seed(1)
+    two = dict(x=torch.randn(2, 16, args.latent, args.latent, generator=g), t=torch.full((2,), 700.0),
+               y=torch.randn(2, 2048, generator=g), context=torch.randn(2, args.sd3_text, 512, generator=g))
+    blocks = {LayerRef("joint", i, 0): model.joint_blocks[i] for i in args.sd3_blocks}
+    return model, blocks, caller(model, two), 2  # rows (cond, uncond)
 
-    def inputs(rows):
-        return dict(x=torch.randn(rows, 16, args.latent, args.latent, generator=g), t=torch.full((rows,), 700.0),
-                    y=torch.randn(rows, 2048, generator=g), context=torch.randn(rows, args.sd3_text, 512, generator=g))
-    two, one = inputs(2), inputs(1)
-    blocks = {f"joint.{i}": model.joint_blocks[i] for i in args.sd3_blocks}
-    return model, blocks, lambda rows: model(**(two if rows == 2 else one)), 2
+
+def caller(model, base: dict):
+    """call(rows): the model on the first `rows` rows of `base` (row 0 = cond), or on all of them followed by
+    copies of the cond row (the batched call's appended rows)."""
+    n = next(iter(base.values())).shape[0]
+    cache: dict[int, dict] = {}
+
+    def inputs(rows: int) -> dict:
+        if rows not in cache:
+            cache[rows] = {k: v[:rows] if rows <= n else torch.cat([v, v[:1].expand(rows - n, *v.shape[1:])])
+                           for k, v in base.items()}
+        return cache[rows]
+
+    return lambda rows: model(**inputs(rows))
 
 
 def steps(model, blocks, call, cfg_rows):
     from lib_asag import sinkhorn
     from lib_asag.perturb import dit
-    normal_rows = cfg_rows or 1
 
-    def cfg():
-        return call(normal_rows)
-
-    def perturbed(kind):
+    def perturbed(kind, batched):
         def step():
-            out = call(normal_rows)
             if kind == "identity":  # PAG: the chosen blocks' attention output is V
                 saved = sinkhorn.adversarial_sinkhorn_attention_heads, sinkhorn.adversarial_sinkhorn_attention
                 sinkhorn.adversarial_sinkhorn_attention_heads = lambda q, k, v, **_: v
-                sinkhorn.adversarial_sinkhorn_attention = lambda q, k, v, heads, **_: v
+                sinkhorn.adversarial_sinkhorn_attention = lambda q, k, v, heads, **_: v.reshape(q.shape)
             try:
-                with dit.perturbed_blocks(blocks, iterations=3, epsilon=1.0):
+                if batched:  # one call: cfg rows + the appended cond row, perturbed on that row only
+                    rows = (cfg_rows + 1, cfg_rows, cfg_rows + 1)
+                    with dit.perturbed_blocks(blocks, iterations=3, epsilon=1.0, rows=rows) as calls:
+                        out = call(cfg_rows + 1)
+                    calls.check(blocks)
+                    return out
+                out = call(cfg_rows)
+                with dit.perturbed_blocks(blocks, iterations=3, epsilon=1.0) as calls:
                     extra = call(1)
+                calls.check(blocks)
             finally:
                 if kind == "identity":
                     sinkhorn.adversarial_sinkhorn_attention_heads, sinkhorn.adversarial_sinkhorn_attention = saved
             return out, extra
         return step
 
-    return {"cfg": cfg, "pag": perturbed("identity"), "asag": perturbed("sinkhorn")}
+    return {"cfg": lambda: call(cfg_rows), "pag": perturbed("identity", False), "asag": perturbed("sinkhorn", False),
+            "pag_batched": perturbed("identity", True), "asag_batched": perturbed("sinkhorn", True)}
 
 
 def main() -> None:
@@ -172,13 +192,17 @@ def main() -> None:
                 fn()  # warm up
             wall, cpu = interleaved_both(cases, args.rounds)
         figures: dict[str, object] = {
-            "model": type(model).__name__, "blocks": list(blocks), "cfg_rows": cfg_rows or 1,
+            "model": type(model).__name__, "blocks": list(map(str, blocks)), "cfg_rows": cfg_rows,
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
             "wall_seconds": {mode: round(median(values), 4) for mode, values in wall.items()},
             "cpu_seconds": {mode: round(median(values), 4) for mode, values in cpu.items()}}
         for clock, times in (("wall", wall), ("cpu", cpu)):
             for label, top, bottom in (("asag_over_pag", "asag", "pag"), ("asag_over_cfg", "asag", "cfg"),
-                                       ("pag_over_cfg", "pag", "cfg")):
+                                       ("pag_over_cfg", "pag", "cfg"),
+                                       ("batched_asag_over_pag", "asag_batched", "pag_batched"),
+                                       ("batched_asag_over_cfg", "asag_batched", "cfg"),
+                                       ("batched_pag_over_cfg", "pag_batched", "cfg"),
+                                       ("batched_asag_over_separate_pag", "asag_batched", "pag")):
                 ratio, noise = paired_ratio(times, top, bottom)
                 figures[f"{clock}_{label}"] = [round(ratio, 3), noise]
         figures["wall_s"] = round(time.perf_counter() - started, 1)

@@ -353,3 +353,36 @@ def test_dit_layer_names_survive_infotext_paste_back_api_and_xyz(layers):
     cell = types.SimpleNamespace(**{ui.XYZ_ATTR: {"layers": layers}})  # an XYZ "ASAG layers" cell, ASAG unticked
     from_xyz, messages = ui.params_from_script(cell, [False])
     assert messages == [] and from_xyz.enabled and from_xyz.layers == layers
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Proof of perturbation (issue 15.2)
+
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_a_chosen_block_that_ran_no_sinkhorn_is_an_error_not_a_zero_term(env, monkeypatch, mode):
+    """The dispatcher leaves calls it cannot take over (here: a mask) to the host's attention; such a block is
+    not perturbed, and ASAG must say so instead of reporting a term of 0 as ASAG."""
+    _batch_mode(monkeypatch, mode)
+    model = _model(env)
+    case = _case(model)
+    baseline, _, _ = _run(env, model, case)
+    block_mixing = env.mmdit.block_mixing
+
+    def masked_block_mixing(context, x, context_block, x_block, c):  # as if a host build passed a mask
+        attention = env.mmdit.attention
+        env.mmdit.attention = lambda q, k, v, heads: attention(q, k, v, heads, mask=torch.zeros(1, 1, 1, 1))
+        try:
+            return block_mixing(context, x, context_block, x_block, c)
+        finally:
+            env.mmdit.attention = attention
+    monkeypatch.setattr(env.mmdit, "block_mixing", masked_block_mixing)
+    original = env.mmdit.attention
+    p = _p(env, batch_size=2)
+    p.extra_generation_params["ASAG scale"] = 2.0
+    assert env.host.Adapter().setup(p, _params(layers="joint.1")) == []
+    got = H.run_sampler(p, case)
+    env.host.Adapter().teardown(p)
+    torch.testing.assert_close(got, baseline, rtol=1e-5, atol=1e-5)
+    assert "ASAG scale" not in p.extra_generation_params
+    assert "joint.1" in p.extra_generation_params["ASAG error"]
+    _assert_unpatched(env, model, original)

@@ -612,3 +612,30 @@ def test_unsafe_batching_falls_back_to_the_separate_call(env, monkeypatch, caplo
         assert lines[0].startswith("ASAG: perturbed pass in a separate call (")
         assert len(results["batched"][1]) == len(results["separate"][1])
     torch.testing.assert_close(results["batched"][0], results["separate"][0], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Proof of perturbation (issue 15.2): a chosen layer that ran no Sinkhorn attention is an error, never a zero term
+
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_a_chosen_layer_that_did_not_run_is_an_error_not_a_zero_term(env, monkeypatch, caplog, mode):
+    """A transformer block served from elsewhere (a cache, another extension's replaced forward) never reaches
+    its attn1: the term would be 0. ASAG must say so and add nothing."""
+    model = _model(env)
+    case = H.make_case(model)
+    block = dict(model.model.diffusion_model.named_modules())["middle_block.1.transformer_blocks.0"]
+    block.forward = lambda x, context=None, **kwargs: x  # the chosen attn1 (middle.0) never runs
+    baseline = H.run_sampler(_p(env, batch_size=2), case)
+    _mode(monkeypatch, mode)
+    p = _p(env, batch_size=2)
+    p.extra_generation_params["ASAG scale"] = 2.0  # what the script writes on success
+    assert env.host.Adapter().setup(p, _params(layers="middle")) == []
+    got = H.run_sampler(p, case)
+    torch.testing.assert_close(got, baseline, rtol=1e-5, atol=1e-5)  # no term at any step
+    assert "ASAG scale" not in p.extra_generation_params
+    error = p.extra_generation_params["ASAG error"]
+    assert "middle.0" in error and "ran no Sinkhorn attention" in error, error
+    assert any("ran no Sinkhorn attention" in c for c in p.comments)
+    env.host.Adapter().teardown(p)
+    del block.forward
+    _assert_unpatched(model)

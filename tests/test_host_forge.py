@@ -549,3 +549,47 @@ def test_a_failing_batched_call_reruns_the_hosts_call_and_falls_back(host, caplo
     torch.testing.assert_close(got, expected.float(), atol=atol, rtol=1e-4)
     assert any("out of memory" in line for line in mode_lines(caplog))
     assert not torch.equal(got, run_step(p_plain))
+
+
+# ----------------------------------------------------------------------------------------------- proof of perturbation
+
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_a_chosen_layer_that_did_not_run_is_an_error_not_a_zero_term(host, mode, monkeypatch, caplog):
+    """A transformer block served from elsewhere (a cache extension, a replaced forward) never reaches its attn1:
+    the perturbed prediction would equal the normal one. ASAG must say so (issue 15.2), never add a zero term."""
+    use_mode(host, mode, monkeypatch)
+    p = host.processing_for("sd1")
+    modules = dict(p.sd_model.forge_objects.unet.model.diffusion_model.named_modules())
+    block = modules["middle_block.1.transformer_blocks.0"]
+    block.forward = lambda x, context=None, transformer_options={}: x  # the chosen attn1 (middle.0) never runs
+    plain = run_step(p)
+    p.extra_generation_params["ASAG scale"] = 3.0  # what the script writes on success
+    _, messages = setup(host, p, layers="middle")
+    assert messages == []
+    torch.testing.assert_close(run_step(p), plain, rtol=1e-5, atol=1e-5)
+    assert "ASAG scale" not in p.extra_generation_params
+    error = p.extra_generation_params["ASAG error"]
+    assert "middle.0" in error and "ran no Sinkhorn attention" in error, error
+    assert any("ran no Sinkhorn attention" in c for c in p.comments)
+    lines = mode_lines(caplog)
+    if mode == "batched":  # the batched call missed it first, then the separate call did
+        assert len(lines) == 1 and "separate call (the chosen layer/block middle.0 ran no" in lines[0], lines
+
+
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_asags_model_calls_are_marked_for_caching_extensions(host, mode, monkeypatch):
+    use_mode(host, mode, monkeypatch)
+    p = host.processing_for("sd1")
+    setup(host, p, layers="middle")
+    model = p.sd_model.forge_objects.unet.model
+    seen = []
+    apply_model = model.apply_model
+
+    def recording(x, t, transformer_options={}, **kwargs):
+        seen.append((x.shape[0], transformer_options.get("asag_perturbed", False)))
+        return apply_model(x, t, transformer_options=transformer_options, **kwargs)
+
+    model.apply_model = recording
+    run_step(p)
+    # the host's normal call is never marked; ASAG's own call (batched: the one with the appended rows) is
+    assert seen == ([(2 * B, False), (B, True)] if mode == "separate" else [(3 * B, True)])

@@ -328,3 +328,79 @@ def test_unknown_transformer_variants_are_refused_with_a_message(forge):
     p = processing("flux", diffusion_model=flux_model)
     _, messages = setup(forge, p)
     assert len(messages) == 1 and "OtherBlock" in messages[0], messages
+
+
+# ----------------------------------------------------------------------------------------------- proof of perturbation
+
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+@pytest.mark.parametrize("spec", ["joint.1", "joint.0-1"])
+def test_a_chosen_block_in_skip_layers_is_an_error_not_a_zero_term(forge, spec, mode, monkeypatch, caplog):
+    """MMDiT-X honours transformer_options["skip_layers"] (e.g. a skip-layer-guidance extension): a chosen block
+    that is skipped runs no Sinkhorn attention, so the term would be 0 while the infotext says `ASAG scale`."""
+    batch_mode(monkeypatch, mode)
+    p = processing("sd3")
+    p.sd_model.forge_objects.unet.model_options["transformer_options"] = {"skip_layers": [1]}
+    plain = run_step(p)
+    p.extra_generation_params["ASAG scale"] = 3.0  # what the script writes on success
+    _, messages = setup(forge, p, layers=spec)
+    assert messages == []
+    torch.testing.assert_close(run_step(p), plain, rtol=1e-5, atol=1e-5)  # no term
+    assert "ASAG scale" not in p.extra_generation_params
+    error = p.extra_generation_params["ASAG error"]
+    assert "joint.1 ran no Sinkhorn attention" in error and "joint.0" not in error, error
+    assert any("joint.1" in c for c in p.comments)
+    assert_host_untouched(p, "sd3")
+
+
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_a_chosen_block_served_from_a_cache_is_an_error(forge, mode, monkeypatch):
+    """A first-block-cache / TeaCache-style extension answers a block without running it."""
+    batch_mode(monkeypatch, mode)
+    p = processing("flux")
+    block = p.sd_model.forge_objects.unet.model.diffusion_model.double_blocks[1]
+    block.forward = lambda img, txt, vec, pe: (img, txt)  # the cached residual: no attention call
+    plain = run_step(p)
+    p.extra_generation_params["ASAG scale"] = 3.0
+    setup(forge, p, layers="double.1, single.0")
+    torch.testing.assert_close(run_step(p), plain, rtol=1e-5, atol=1e-5)
+    assert "ASAG scale" not in p.extra_generation_params
+    assert "double.1 ran no Sinkhorn attention" in p.extra_generation_params["ASAG error"]
+    del block.forward
+    assert_host_untouched(p, "flux")
+
+
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_asags_dit_calls_are_marked_for_caching_extensions(forge, mode, monkeypatch):
+    batch_mode(monkeypatch, mode)
+    p = processing("flux")
+    setup(forge, p, layers="double.0")
+    model = p.sd_model.forge_objects.unet.model
+    seen = []
+    apply_model = model.apply_model
+
+    def recording(x, t, transformer_options={}, **kwargs):
+        seen.append((x.shape[0], transformer_options.get("asag_perturbed", False)))
+        return apply_model(x, t, transformer_options=transformer_options, **kwargs)
+
+    model.apply_model = recording
+    run_step(p)
+    assert seen == ([(2 * B, False), (B, True)] if mode == "separate" else [(3 * B, True)])
+
+
+def test_a_family_without_row_batching_logs_its_only_mode_at_info(forge, monkeypatch, caplog):
+    """A family row may say its rows can never share the host's call (families.Family.only_separate): then the
+    separate call is not a fallback and is logged at INFO (issue 15.5), and the result is still exact."""
+    import dataclasses
+    from lib_asag.perturb import families
+    row = dataclasses.replace(families.FAMILIES["flux"], only_separate="flux blocks perturb whole calls")
+    monkeypatch.setattr(families, "ROWS", tuple(row if r.name == "flux" else r for r in families.ROWS))
+    caplog.set_level("INFO", logger="asag")
+    p = processing("flux")
+    params, messages = setup(forge, p, layers="double.1", scale=2.5, iterations=3, epsilon=0.7)
+    assert messages == []
+    got = run_step(p)
+    assert [c["cond_or_uncond"] for c in p.sd_model.forge_objects.unet.model.calls] == [[0, 1], [0]]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if "perturbed pass" in r.getMessage()] == [
+        ("INFO", "ASAG: perturbed pass in a separate call (flux blocks perturb whole calls)")]
+    expected, _ = reference_prediction(p, "flux", params, ["double_blocks.1"])
+    torch.testing.assert_close(got, expected.float(), atol=2e-5 * float(expected.abs().max()), rtol=1e-4)

@@ -47,7 +47,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from .. import guidance, layers, params as asag_params
-from ..perturb import dit, unet as perturb_unet
+from ..perturb import dit, families, unet as perturb_unet
 from ..perturb.rows import Rows
 from .base import AdapterBase, edit_model_refusal, log_mode, report_failure, switched_off
 
@@ -112,6 +112,8 @@ class UNetSelfAttention:
 @dataclass(frozen=True)
 class SD3JointAttention(UNetSelfAttention):
     """SD3: Sinkhorn joint attention in the chosen MMDiT JointBlocks (lib_asag/perturb/dit.py), row-aware."""
+
+    batch_off: ClassVar[str | None] = families.FAMILIES["sd3"].only_separate or None
 
     def patched(self, modules: Modules, rows: Rows | None = None):
         return dit.perturbed_blocks(modules, iterations=self.params.iterations, epsilon=self.params.epsilon,
@@ -381,8 +383,9 @@ def _compute_term(session: _Session, step: _Step, x_out: torch.Tensor) -> None:
     perturbed, reason = _batched_prediction(step, x_out)
     if step.batch is not None and reason is not None:
         session.batch_off = reason  # do not insert rows again this pass
-    session.logged_mode = log_mode(None if perturbed is not None else reason or session.batch_off,
-                                            session.logged_mode)
+    reason = None if perturbed is not None else reason or session.batch_off
+    session.logged_mode = log_mode(reason, session.logged_mode,
+                                   only_mode=reason is not None and reason == session.perturbation.batch_off)
     if perturbed is None:
         perturbed = _separate_prediction(session, step)
     per_row = guidance.asag_term(x_out[:n_cond], perturbed.to(x_out.dtype), step.scale)

@@ -172,6 +172,7 @@ class _Session:
     closed_sigma: Any = None  # sigma of the evaluation whose normal pass is over
     logged_mode: str | None = None
     blocks: dict[layers.LayerRef, torch.nn.Module] | None = None  # the chosen DiT blocks; None = UNet attn1
+    only_separate: str = ""  # the family's reason why its rows never share the host's call (families.py)
 
     def patches(self, calls: SinkhornCalls, host_attention: Callable | None = None) -> dict[tuple, Callable]:
         """attn1 replace patches for the chosen UNet layers, counting into `calls` (batched with host_attention)."""
@@ -208,7 +209,8 @@ def _fail(session: _Session, error: BaseException) -> None:
 
 def _log_mode(session: _Session, reason: str | None) -> None:
     """Say once per pass (again only if it changes) how the perturbed prediction is computed."""
-    session.logged_mode = log_mode(reason, session.logged_mode)
+    only_mode = bool(session.only_separate) and reason == session.only_separate
+    session.logged_mode = log_mode(reason, session.logged_mode, only_mode=only_mode)
 
 
 def _cond_reason(cond: list) -> str | None:
@@ -434,7 +436,9 @@ def _install(clone: Any, session: _Session) -> None:
     # set_model_sampler_post_cfg_function(post_cfg_function, disable_cfg1_optimization=False).
     # cfg1 optimisation stays on: ASAG needs only the cond rows (D = D_c + s (D_c - D_asag)).
     clone.set_model_sampler_post_cfg_function(_post_cfg_function(session))
-    if not BATCH_PERTURBED or switched_off():
+    if session.only_separate:
+        session.batch_off = session.only_separate  # the only mode of this family: logged at INFO
+    elif not BATCH_PERTURBED or switched_off():
         session.batch_off = switched_off() or "batching switched off (hosts/forge.py BATCH_PERTURBED)"
     elif clone.model_options.get("model_function_wrapper") is not None:
         session.batch_off = "another extension's model_function_wrapper is installed"
@@ -497,7 +501,8 @@ class Adapter(AdapterBase):
         clone = unet.clone()
         _drop_asag_functions(clone)
         session = _Session(p, params, refs, cond_batch_function(self.name), unet, clone, host=self.name,
-                           blocks={ref: available[ref] for ref in refs} if is_dit else None)
+                           blocks={ref: available[ref] for ref in refs} if is_dit else None,
+                           only_separate=family.only_separate if family is not None else "")
         _install(clone, session)
         sd_model.forge_objects.unet = clone
         _session = session

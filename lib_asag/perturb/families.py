@@ -41,6 +41,9 @@ class Family:
     # every call. For families whose blocks reach one global for self- and cross-attention (Cosmos/Anima:
     # only self_attn may change) a row gives a predicate here.
     perturbs: Callable[[tuple, dict], bool] | None = None
+    # Non-empty: why this family's perturbed rows can never share the host's call (a dispatcher that cannot
+    # split rows). The separate call is then its only mode, logged at INFO rather than as a fallback.
+    only_separate: str = ""
     scale: float = 3.0                          # default ASAG scale and active window for this family
     window: tuple[float, float] = (0.0, 1.0)
 

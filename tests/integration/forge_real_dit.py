@@ -10,14 +10,21 @@ Reference, independent of the adapter and of lib_asag.sinkhorn: D_c, D_u from th
 shared patcher; D_asag with the chosen blocks' instance `forward` wrapped to raise a flag and the blocks' module
 global `attention` replaced by a float64 Sinkhorn (tests/sinkhorn_reference.py; Flux/Chroma: the host's own
 `apply_rope` first) while the flag is up; D = D_u + w (D_c - D_u) + s (D_c - D_asag), or D_c + s (D_c - D_asag) at
-CFG 1 (Flux dev/schnell: no uncond computed).
+CFG 1 (Flux dev/schnell: no uncond computed). Every case runs batched (the perturbed rows appended to the host's
+call, the default) and separate (ASAG_BATCH=0).
+
+Proof of perturbation (issue 15.2) on the real classes: MMDiT-X with `transformer_options["skip_layers"]` naming a
+chosen block, and Flux with a chosen block answered by a cache (its forward replaced, no attention call), must give
+the host's own result, no `ASAG scale` and an `ASAG error` naming the block, never a silent zero term.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
+import os
 import sys
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -145,11 +152,39 @@ class ModeLines(logging.Handler):
             self.lines.append(record.getMessage())
 
 
-def check_case(api, adapter_cls, family: str, spec: str, cond_scale: float, n_conds: int, seed: int) -> dict:
+@contextmanager
+def batch_mode(mode: str):
+    """batched = the default; separate = the documented switch ASAG_BATCH=0."""
+    saved = os.environ.pop("ASAG_BATCH", None)
+    if mode == "separate":
+        os.environ["ASAG_BATCH"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("ASAG_BATCH", None)
+        if saved is not None:
+            os.environ["ASAG_BATCH"] = saved
+
+
+def expected_calls(mode: str, n_conds: int, cond_scale: float, chosen: list[str]) -> tuple[list, list[str]]:
+    """(model calls as (cond_or_uncond, hooked blocks), mode log lines) the adapter must make for one step."""
+    normal = [0] * n_conds + ([] if cond_scale == 1.0 else [1])
+    if mode == "separate":
+        return [(normal, []), ([0] * n_conds, chosen)], ["ASAG: perturbed pass in a separate call (ASAG_BATCH=0)"]
+    if n_conds > 1:  # unequal AND weights: found after the first batched call, which then is not used
+        return ([(normal + [0] * n_conds, chosen), ([0] * n_conds, chosen)],
+                ["ASAG: perturbed pass in a separate call (AND-prompt weights differ)"])
+    return [(normal + [0] * n_conds, chosen)], ["ASAG: perturbed pass batched with cond/uncond"]
+
+
+def check_case(api, adapter_cls, family: str, spec: str, cond_scale: float, n_conds: int, seed: int,
+               mode: str = "batched", sabotage: str = "") -> dict:
     from backend.sampling import condition
     from lib_asag import layers
     from lib_asag.params import ASAGParams
     diffusion_model, predictor = build(family, seed)
+    if sabotage == "cache":  # a first-block-cache style extension answers the chosen block without running it
+        diffusion_model.double_blocks[1].forward = lambda img, txt, vec, pe, **kwargs: (img, txt)
     diffusion_model.storage_dtype = diffusion_model.computation_dtype = torch.float32
     model = api.KModel(model=diffusion_model, diffusers_scheduler=None, k_predictor=predictor, config=None)
     shared = api.UnetPatcher(model.eval(), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
@@ -162,15 +197,18 @@ def check_case(api, adapter_cls, family: str, spec: str, cond_scale: float, n_co
         return apply_model(x_, t_, **c)
 
     model.apply_model = recording
-    before = copy.deepcopy(shared.model_options)
     originals = {name: sys.modules[name].attention for name in ("backend.nn.flux", "backend.nn.chroma",
                                                                  "backend.nn.mmditx") if name in sys.modules}
     sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=shared), is_sd3=family == "sd3")
+    if sabotage == "skip_layers":  # e.g. a skip-layer-guidance extension; MMDiTX.forward honours it
+        shared.model_options["transformer_options"] = {"skip_layers": [1]}
+    before = copy.deepcopy(shared.model_options)
     p = SimpleNamespace(sd_model=sd_model, sampler=SimpleNamespace(model_wrap_cfg=SimpleNamespace(step=0, total_steps=8)),
-                        extra_generation_params={}, is_hr_pass=False, comment=lambda text: None)
+                        extra_generation_params={"ASAG scale": 2.0}, is_hr_pass=False, comment=lambda text: None)
     params = ASAGParams(enabled=True, scale=2.0, layers=spec, iterations=3, epsilon=0.8)
     adapter = adapter_cls("forge_backend")
-    messages = adapter.setup(p, params)
+    with batch_mode(mode):
+        messages = adapter.setup(p, params)
     assert messages == [], messages
     clone = sd_model.forge_objects.unet
     assert clone is not shared and clone.model is shared.model
@@ -188,7 +226,7 @@ def check_case(api, adapter_cls, family: str, spec: str, cond_scale: float, n_co
     logging.getLogger("asag").addHandler(handler)
     logging.getLogger("asag").setLevel(logging.INFO)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), batch_mode(mode):
             got = api.sampling.sampling_function_inner(clone.model, x, sigma, uncond, cond, cond_scale,
                                                        clone.model_options, seed=0)
     finally:
@@ -203,10 +241,16 @@ def check_case(api, adapter_cls, family: str, spec: str, cond_scale: float, n_co
     available = layers.find_self_attention(diffusion_model)
     refs = layers.resolve_layers(spec, available)
     chosen = [ref.module_path for ref in refs]
-    normal = [0] * n_conds + ([] if cond_scale == 1.0 else [1])
-    assert sorted(calls[0]["cond_or_uncond"]) == normal and calls[0]["perturbed"] == [], calls
-    assert [c["cond_or_uncond"] for c in calls[1:]] == [[0] * n_conds] and calls[1]["perturbed"] == chosen, calls
-    assert handler.lines == ["ASAG: perturbed pass in a separate call (diffusion transformer)"], handler.lines
+    if sabotage:
+        return check_not_perturbed(api, shared, p, got, x, sigma, uncond, cond, cond_scale, calls, family, spec,
+                                   mode, sabotage)
+    want_calls, want_lines = expected_calls(mode, n_conds, cond_scale, chosen)
+    # the host orders the chunks of its call as it likes (uncond first on dfdcbab6); ASAG's rows come last
+    assert [(sorted(c["cond_or_uncond"]), c["perturbed"]) for c in calls] == [
+        (sorted(kinds), hooked) for kinds, hooked in want_calls], calls
+    assert all(c["cond_or_uncond"][len(c["cond_or_uncond"]) - n_conds:] == [0] * n_conds for c in calls), calls
+    assert handler.lines == want_lines, handler.lines
+    assert "ASAG error" not in p.extra_generation_params, p.extra_generation_params
 
     expected, plain = reference(api.sampling, shared, params, [available[r] for r in refs], x, sigma, uncond, cond,
                                 cond_scale)
@@ -215,9 +259,27 @@ def check_case(api, adapter_cls, family: str, spec: str, cond_scale: float, n_co
     error = float((got - expected.float()).abs().max())
     assert term > 100 * tol, (term, tol)
     assert error <= tol, (error, tol)
-    return {"model": type(diffusion_model).__name__, "spec": spec, "blocks": chosen, "cfg": cond_scale,
-            "conds": n_conds, "calls": len(calls), "term_max": round(term, 4), "error_max": error,
+    return {"model": type(diffusion_model).__name__, "mode": mode, "spec": spec, "blocks": chosen,
+            "cfg": cond_scale, "conds": n_conds, "calls": len(calls), "term_max": round(term, 4), "error_max": error,
             "out_max": round(float(expected.abs().max()), 3)}
+
+
+def check_not_perturbed(api, shared, p, got, x, sigma, uncond, cond, cond_scale, calls, family, spec, mode,
+                        sabotage) -> dict:
+    """A chosen block that ran no Sinkhorn: the host's own result, `ASAG error` naming it, no `ASAG scale`."""
+    options = {k: v for k, v in shared.model_options.items() if k != "model_function_wrapper"}
+    with torch.no_grad():
+        d_c, d_u = api.sampling.calc_cond_uncond_batch(shared.model, cond, uncond if cond_scale != 1.0 else None, x,
+                                                       sigma, options)
+    plain = d_c if cond_scale == 1.0 else d_u + (d_c - d_u) * cond_scale
+    error = float((got - plain).abs().max())
+    assert error <= 1e-5 * float(plain.abs().max()), error
+    assert "ASAG scale" not in p.extra_generation_params, p.extra_generation_params
+    message = p.extra_generation_params.get("ASAG error", "")
+    block = "joint.1" if sabotage == "skip_layers" else "double.1"
+    assert f"{block} ran no Sinkhorn attention" in message, message
+    return {"model": family, "mode": mode, "spec": spec, "sabotage": sabotage, "calls": len(calls),
+            "error": message, "diff_to_host": error}
 
 
 def check_bad_name(api, adapter_cls) -> str:
@@ -239,6 +301,13 @@ CASES = [("flux", "double.1, single.0", 1.0, 1), ("flux", "all", 1.0, 2), ("flux
          ("sd3", "joint.0", 4.0, 1), ("sd3", "joint.0-1", 4.0, 2)]
 
 
+NOT_PERTURBED = [("sd3", "joint.0-1", 4.0, 1, "skip_layers"), ("flux", "double.1, single.0", 1.0, 1, "cache")]
+
+
 def run(api, adapter_cls) -> dict:
-    results = [check_case(api, adapter_cls, *case, seed=i) for i, case in enumerate(CASES)]
-    return {"cases": results, "bad_name": check_bad_name(api, adapter_cls)}
+    results = [check_case(api, adapter_cls, *case, seed=i, mode=mode)
+               for mode in ("batched", "separate") for i, case in enumerate(CASES)]
+    proofs = [check_case(api, adapter_cls, family, spec, cfg, conds, seed=i, mode=mode, sabotage=sabotage)
+              for mode in ("batched", "separate")
+              for i, (family, spec, cfg, conds, sabotage) in enumerate(NOT_PERTURBED)]
+    return {"cases": results, "not_perturbed": proofs, "bad_name": check_bad_name(api, adapter_cls)}

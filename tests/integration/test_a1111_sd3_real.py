@@ -177,8 +177,31 @@ def test_real_mmdit_patch_removed_on_exception(real_sd3):
     model = _base_model(real_sd3.sd3_impls)
     x, sigma, context, y = _inputs()
     with pytest.raises(RuntimeError, match="simulated"):
-        with torch.no_grad(), dit.perturbed_blocks(dict(enumerate(list(model.diffusion_model.joint_blocks))), iterations=3, epsilon=0.6):
+        with torch.no_grad(), dit.perturbed_blocks(dict(enumerate(model.diffusion_model.joint_blocks)),
+                                                   iterations=3, epsilon=0.6):
             model.apply_model(x, sigma, c_crossattn=context, y=y)
             raise RuntimeError("simulated failure in the perturbed call")
     assert real_sd3.mmdit.attention is real_sd3.other_impls.attention
     assert [n for n, m in model.named_modules() if "forward" in m.__dict__] == []
+
+
+def test_real_base_model_batched_rows_match_separate_calls(real_sd3):
+    """The batched mode on the real MMDiT: one call of rows [cond | perturbed | uncond] with rows [2, 4) perturbed
+    gives what a plain call on the other rows and a fully perturbed call on rows [2, 4) give."""
+    from lib_asag.perturb import dit
+    model = _base_model(real_sd3.sd3_impls)
+    chosen = {i: model.diffusion_model.joint_blocks[i] for i in (0, 2)}
+    x, sigma, context, y = (torch.cat([t, t, t]) for t in _inputs())
+    normal = torch.tensor([0, 1, 4, 5])
+    with torch.no_grad():
+        with dit.perturbed_blocks(chosen, iterations=3, epsilon=0.6, rows=(6, 2, 4)) as calls:
+            batched = model.apply_model(x, sigma, c_crossattn=context, y=y)
+        plain = model.apply_model(x[normal], sigma[normal], c_crossattn=context[normal], y=y[normal])
+        with dit.perturbed_blocks(chosen, iterations=3, epsilon=0.6):
+            perturbed = model.apply_model(x[2:4], sigma[2:4], c_crossattn=context[2:4], y=y[2:4])
+    assert calls.problem(chosen) is None and dict(calls.counts) == {0: 1, 2: 1}
+    assert real_sd3.mmdit.attention is real_sd3.other_impls.attention
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    assert (perturbed - plain[:2]).abs().max() > 1e-3
+    torch.testing.assert_close(batched[normal], plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched[2:4], perturbed, rtol=1e-4, atol=1e-5)

@@ -11,7 +11,8 @@ Each checkout runs in its own process (forge_real_driver.py): a small random-wei
 UnetPatcher, sampled through the host's real sampling function with ASAG's clone and post-CFG function, compared
 with an independent float64 reference: 5 cases with another extension's model_function_wrapper installed (ASAG's
 separate perturbed call) and 3 without (perturbed rows batched into the host's one model call); on `backend/`
-checkouts also 7 cases on the real Flux, Chroma and SD3.5 (MMDiT-X) transformers (forge_real_dit.py). Host dependencies (psutil, torchsde; reForge: torchdiffeq; backend:
+checkouts also 7 cases on the real Flux, Chroma and SD3.5 (MMDiT-X) transformers, batched and separate, and the
+proof-of-perturbation cases (skip_layers, a cached block) (forge_real_dit.py). Host dependencies (psutil, torchsde; reForge: torchdiffeq; backend:
 diffusers, transformers, tokenizers, huggingface-hub, gguf's sentencepiece) come from the environment (e.g.
 PYTHONPATH), or run the driver with the WebUI's own venv: ASAG_FORGE_PYTHON=/path/to/venv/bin/python. A missing
 dependency skips that checkout and names it.
@@ -54,4 +55,7 @@ def test_asag_on_real_forge_sampling(checkout):
     if report["host"] == "forge_backend":  # Flux, Chroma, SD3.5 transformers (forge_real_dit.py)
         assert {case["model"] for case in report["dit"]["cases"]} == {
             "IntegratedFluxTransformer2DModel", "IntegratedChromaTransformer2DModel", "MMDiTX"}
+        assert sorted({case["mode"] for case in report["dit"]["cases"]}) == ["batched", "separate"]
+        # issue 15.2: skip_layers (MMDiT-X) and a cached block (Flux) turn into a visible ASAG error
+        assert len(report["dit"]["not_perturbed"]) == 4
     print(json.dumps(report, indent=1))
