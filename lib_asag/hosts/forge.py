@@ -43,12 +43,11 @@ caching extensions can skip them. The attention code itself lives in lib_asag/pe
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
-
-from contextlib import nullcontext
 
 from .. import guidance, layers, params as asag_params
 from ..perturb import dit, families, unet as perturb_unet

@@ -25,6 +25,9 @@ def mixed_rows(normal: Callable[..., torch.Tensor], perturbed: Callable[..., tor
     inner = perturbed(*(t[start:stop] for t in tensors))
     if start == 0 and stop == rows:
         return inner
+    if stop == rows:  # appended rows (Forge): the normal rows are a view, no copy
+        outer = normal(*(t[:start] for t in tensors))
+        return torch.cat([outer, inner.to(outer.dtype)])
     outer = normal(*(torch.cat([t[:start], t[stop:]]) for t in tensors))
     return torch.cat([outer[:start], inner.to(outer.dtype), outer[start:]])
 

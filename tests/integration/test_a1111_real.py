@@ -3,7 +3,7 @@ repositories/stable-diffusion-stability-ai). Skipped unless ASAG_A1111_PATH name
 stablediffusion checkout (a folder holding ldm/modules/attention.py directly or under that repositories/ path).
 
 A small real UNetModel with random weights is built; the chosen attn1 layers are perturbed with
-lib_asag.hosts.a1111.patched_attention and compared with an independent float64 Sinkhorn forward installed on
+lib_asag.perturb.unet.patched_attention and compared with an independent float64 Sinkhorn forward installed on
 a deep copy. Needs einops (ldm imports it).
 """
 from __future__ import annotations
