@@ -25,7 +25,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from .perturb.families import BLOCK_ATTRIBUTES, PRESETS
+from .perturb.families import BLOCK_ATTRIBUTES, PRESETS, ROWS as FAMILY_ROWS
 
 UNET_BLOCKS = ("input", "middle", "output")
 DIT_BLOCKS = tuple(BLOCK_ATTRIBUTES)  # "joint", "double", "single", ... from the family table
@@ -213,19 +213,18 @@ def preset_spec(family: str, name_or_spec: str) -> str:
 
 
 def model_family(sd_model: object, available: Iterable[LayerRef] = ()) -> str:
-    """'sdxl' | 'sd2' | 'sd1' | 'sd3' | 'flux' | 'chroma' from the flags the hosts set on the loaded
-    model (A1111 modules/sd_models.py load_model, Forge forge_loader.py / backend/diffusion_engine),
-    else from the layout: joint blocks = MMDiT, double/single blocks = Flux, and only SDXL has several
-    transformer blocks in the middle block."""
-    for flag, family in (("is_chroma", "chroma"), ("is_flux", "flux"), ("is_sd3", "sd3"), ("is_sdxl", "sdxl"),
-                         ("is_sd2", "sd2"), ("is_sd1", "sd1")):
-        if getattr(sd_model, flag, False):
-            return family
+    """'sdxl' | 'sd2' | 'sd1' | 'sd3' | 'flux' | 'chroma' | ... from the flags the hosts set on the loaded
+    model (A1111 modules/sd_models.py load_model, Forge forge_loader.py / backend/diffusion_engine; the flags
+    are the family table's, a later row winning), else from the layout: the first DiT row whose block
+    prefixes the model has (joint = MMDiT, double/single = Flux), and only SDXL has several transformer
+    blocks in the middle block."""
+    for row in reversed(FAMILY_ROWS):
+        if any(getattr(sd_model, flag, False) for flag in row.flags):
+            return row.name
     available = list(available)
     blocks = {ref.block for ref in available}
-    if "joint" in blocks:
-        return "sd3"
-    if blocks & {"double", "single"}:
-        return "flux"
+    for row in FAMILY_ROWS:
+        if blocks & set(row.blocks):
+            return row.name
     middle = [ref for ref in available if ref.block == "middle"]
     return "sdxl" if len(middle) > 1 else "sd1"

@@ -67,10 +67,12 @@ DEFAULTS = ASAGParams()
 
 
 def defaults_for(family: str) -> ASAGParams:
-    """Defaults for a model family; numbers are shared, the layer preset is the family's."""
+    """Defaults for a model family: its row's scale and active window (lib_asag/perturb/families.py); the layer
+    preset is resolved per family from `layers` = "" (the family's first preset)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; ASAG supports {', '.join(FAMILIES)}")
-    return DEFAULTS
+    row = _FAMILY_TABLE[family]
+    return replace(DEFAULTS, scale=row.scale, start=row.window[0], end=row.window[1])
 
 
 _TRUE = {"true", "1", "yes", "on", "enabled", "enable"}

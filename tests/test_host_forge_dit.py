@@ -404,3 +404,20 @@ def test_a_family_without_row_batching_logs_its_only_mode_at_info(forge, monkeyp
         ("INFO", "ASAG: perturbed pass in a separate call (flux blocks perturb whole calls)")]
     expected, _ = reference_prediction(p, "flux", params, ["double_blocks.1"])
     torch.testing.assert_close(got, expected.float(), atol=2e-5 * float(expected.abs().max()), rtol=1e-4)
+
+
+def test_a_family_row_can_keep_some_attention_calls_of_a_chosen_block(forge, monkeypatch):
+    """Family.perturbs: where one global serves self- and cross-attention (Cosmos/Anima: only self_attn may
+    change), a row says which calls to take over. A predicate that takes none leaves the block unperturbed,
+    and the proof of perturbation turns that into an error rather than a zero term."""
+    import dataclasses
+    from lib_asag.perturb import families
+    row = dataclasses.replace(families.FAMILIES["sd3"], perturbs=lambda args, kwargs: False)
+    monkeypatch.setattr(families, "ROWS", tuple(row if r.name == "sd3" else r for r in families.ROWS))
+    p = processing("sd3")
+    plain = run_step(p)
+    p.extra_generation_params["ASAG scale"] = 3.0
+    setup(forge, p, layers="joint.0")
+    torch.testing.assert_close(run_step(p), plain, rtol=1e-5, atol=1e-5)
+    assert "joint.0 ran no Sinkhorn attention" in p.extra_generation_params["ASAG error"]
+    assert_host_untouched(p, "sd3")

@@ -56,6 +56,8 @@ _UNET_PRESETS = {"middle": "middle", "middle + output.3-5": "middle, output.3-5"
 _FLUX_PRESETS = {"double.7-9": "double.7-9", "double.7-9 + single.7-9": "double.7-9, single.7-9", "all": "all"}
 _FLUX_BLOCKS = {"double": "double_blocks", "single": "single_blocks"}
 
+# Order matters twice: for host flags a later row wins (a model may carry an older family's flag too), for the
+# layout fallback (no flag) the first DiT row whose block prefixes the model has.
 ROWS: tuple[Family, ...] = (
     # SD1.x/SD2.x middle block: one transformer block, the PAG/SEG choice (docs/method.md).
     Family("sd1", _UNET_PRESETS, flags=("is_sd1",)),
