@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from asag_modes import use_batch_mode
 from lib_asag.params import ASAGParams
 
 _HARNESS = Path(__file__).resolve().parent / "standins" / "a1111" / "asag_harness.py"
@@ -85,12 +86,7 @@ def _assert_unpatched(env, model, original_attention):
     assert [h for h in hooks if h.__module__.startswith("lib_asag")] == []
 
 
-def _batch_mode(monkeypatch, mode):
-    """batched = the default; separate = forced with the documented switch (env ASAG_BATCH=0)."""
-    if mode == "separate":
-        monkeypatch.setenv("ASAG_BATCH", "0")
-    else:
-        monkeypatch.delenv("ASAG_BATCH", raising=False)
+_batch_mode = use_batch_mode
 
 
 def _in_perturbed_call(env):

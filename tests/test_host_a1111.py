@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from asag_modes import use_batch_mode
 from lib_asag.params import ASAGParams
 
 _HARNESS = Path(__file__).resolve().parent / "standins" / "a1111" / "asag_harness.py"
@@ -92,12 +93,7 @@ LAYOUTS = {
 BATCHED_LINE = "ASAG: perturbed pass batched with cond/uncond"
 
 
-def _mode(monkeypatch, mode):
-    """batched = the default; separate = forced with the documented switch (env ASAG_BATCH=0)."""
-    if mode == "separate":
-        monkeypatch.setenv("ASAG_BATCH", "0")
-    else:
-        monkeypatch.delenv("ASAG_BATCH", raising=False)
+_mode = use_batch_mode
 
 
 def _mode_lines(caplog):

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from asag_modes import record_marks
 from lib_asag.params import ASAGParams
 from sinkhorn_reference import sinkhorn_attention_reference
 
@@ -581,15 +582,7 @@ def test_asags_model_calls_are_marked_for_caching_extensions(host, mode, monkeyp
     use_mode(host, mode, monkeypatch)
     p = host.processing_for("sd1")
     setup(host, p, layers="middle")
-    model = p.sd_model.forge_objects.unet.model
-    seen = []
-    apply_model = model.apply_model
-
-    def recording(x, t, transformer_options={}, **kwargs):
-        seen.append((x.shape[0], transformer_options.get("asag_perturbed", False)))
-        return apply_model(x, t, transformer_options=transformer_options, **kwargs)
-
-    model.apply_model = recording
+    seen = record_marks(p.sd_model.forge_objects.unet.model)
     run_step(p)
     # the host's normal call is never marked; ASAG's own call (batched: the one with the appended rows) is
     assert seen == ([(2 * B, False), (B, True)] if mode == "separate" else [(3 * B, True)])

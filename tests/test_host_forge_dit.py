@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from asag_modes import record_marks, use_batch_mode
 from lib_asag.params import ASAGParams
 from sinkhorn_reference import sinkhorn_attention_reference
 
@@ -129,12 +130,7 @@ def sinkhorn_calls(monkeypatch, model):
     return seen, handles
 
 
-def batch_mode(monkeypatch, mode):
-    """batched = the default; separate = forced with the documented switch (env ASAG_BATCH=0)."""
-    if mode == "separate":
-        monkeypatch.setenv("ASAG_BATCH", "0")
-    else:
-        monkeypatch.delenv("ASAG_BATCH", raising=False)
+batch_mode = use_batch_mode
 
 
 def assert_host_untouched(p, family):
@@ -374,15 +370,7 @@ def test_asags_dit_calls_are_marked_for_caching_extensions(forge, mode, monkeypa
     batch_mode(monkeypatch, mode)
     p = processing("flux")
     setup(forge, p, layers="double.0")
-    model = p.sd_model.forge_objects.unet.model
-    seen = []
-    apply_model = model.apply_model
-
-    def recording(x, t, transformer_options={}, **kwargs):
-        seen.append((x.shape[0], transformer_options.get("asag_perturbed", False)))
-        return apply_model(x, t, transformer_options=transformer_options, **kwargs)
-
-    model.apply_model = recording
+    seen = record_marks(p.sd_model.forge_objects.unet.model)
     run_step(p)
     assert seen == ([(2 * B, False), (B, True)] if mode == "separate" else [(3 * B, True)])
 
