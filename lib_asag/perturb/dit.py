@@ -129,13 +129,24 @@ def _sinkhorn_heads_rope(apply_rope: Callable) -> Callable:
     return attend
 
 
+def _flat(family: Family) -> tuple[Callable, Callable, Callable]:
+    return _parse_flat, _sinkhorn_flat, _host_flat
+
+
+def _heads_rope(family: Family) -> tuple[Callable, Callable, Callable]:
+    apply_rope = getattr(sys.modules[family.rope[0]], family.rope[1])
+    return _parse_heads_rope, _sinkhorn_heads_rope(apply_rope), _host_heads_rope
+
+
+# Call layout (families.py Family.layout) -> (parse, sinkhorn, host) for one family. A family whose blocks call
+# their attention function another way adds its triple here.
+LAYOUTS: dict[str, Callable[[Family], tuple[Callable, Callable, Callable]]] = {FLAT: _flat, HEADS_ROPE: _heads_rope}
+
+
 def _layout(family: Family) -> tuple[Callable, Callable, Callable]:
-    if family.layout == FLAT:
-        return _parse_flat, _sinkhorn_flat, _host_flat
-    if family.layout == HEADS_ROPE:
-        apply_rope = getattr(sys.modules[family.rope[0]], family.rope[1])
-        return _parse_heads_rope, _sinkhorn_heads_rope(apply_rope), _host_heads_rope
-    raise ValueError(f"unknown attention layout {family.layout!r} for family {family.name}")
+    if family.layout not in LAYOUTS:
+        raise ValueError(f"unknown attention layout {family.layout!r} for family {family.name}")
+    return LAYOUTS[family.layout](family)
 
 
 def _dispatcher(original: Callable, family: Family, running: _Running, calls: SinkhornCalls, rows: Rows | None,

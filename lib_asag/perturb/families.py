@@ -17,8 +17,6 @@ FLAT = "flat"              # attention(q, k, v, heads, mask=None): q/k (B, N, he
                            # (B, N, heads, d) -> (B, N, heads*d)   (MMDiT: A1111 mmdit.py, Forge mmditx.py)
 HEADS_ROPE = "heads_rope"  # attention(q, k, v, pe): head-major (B, heads, N, d) after QK-norm, RoPE applied by
                            # the function itself (`rope` below) -> (B, N, heads*d)   (Flux, Chroma)
-LAYOUTS = (FLAT, HEADS_ROPE)
-
 ClassRef = tuple[str, str]  # (module, class name) as type(obj).__module__, type(obj).__name__
 
 
