@@ -482,7 +482,7 @@ class Adapter(AdapterBase):
             return [refusal]
         family = (host_forge_dit.family(diffusion_model) if dit else None) or layers.model_family(sd_model, available)
         try:
-            refs = layers.resolve_layers(params.layer_spec(family), available)
+            refs = asag_params.resolve_and_note(p, params, family, available)
         except layers.LayerSpecError as e:
             return [f"{e}. Generating without ASAG."]
         clone = unet.clone()

@@ -85,12 +85,16 @@ class ASAGScript(scripts.Script):
         if _ADAPTER is None or params is None or not params.enabled:
             self._teardown(p)
             return
+        first_pass = not getattr(p, "is_hr_pass", False)
+        if first_pass:  # the adapter notes skipped layers (ASAG note) in setup; drop an earlier batch's
+            p.extra_generation_params.pop(asag_params.NOTE_KEY, None)
         messages = _ADAPTER.setup(p, params)
-        if getattr(p, "is_hr_pass", False):
+        if not first_pass:
             return
         for key in (*asag_params.INFOTEXT_KEYS.values(), asag_params.ERROR_KEY):
             p.extra_generation_params.pop(key, None)
         if messages:
+            p.extra_generation_params.pop(asag_params.NOTE_KEY, None)
             for message in messages:
                 log.warning("ASAG: %s", message)
                 _comment(p, message)

@@ -214,6 +214,49 @@ def test_bad_args_log_clearly_and_give_a_normal_image(env, bad, reason, caplog):
     assert _asag_callbacks(env) == []
 
 
+def _readme_check() -> str:
+    """The README's "did ASAG run?" expression, as its Python example writes it."""
+    match = re.search(r"^asag_ran = (.+)$", (ROOT / "README.md").read_text(), re.M)
+    assert match, "README's API example no longer sets asag_ran"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("request_args,ran", [
+    ([True, "x"], False),                               # the message names the field: scale
+    ([True, 2.0, "", 3, 1.0, 0.8, 0.2], False),         # start after end
+    ([{"enabled": True, "scale": 2.0, "layers": "output.9"}], False),
+    ([True, 2.5], True),
+    ([True, 2.5, "output.0-5"], True),                  # ran, with output.4-5 noted as skipped
+    ([False, 2.5], False),
+])
+def test_the_readme_check_reads_the_api_response_right(env, request_args, ran):
+    """Reads /sdapi's `info` (modules/processing.py Processed.js) the way README says; an error message that
+    names a field must not make it say yes, nor may the infotext text contain a key inside the message."""
+    from modules.processing import Processed
+    p = _p(env)
+    generate(env, p, _api_args(env, request_args), H.make_case(env.shared.sd_model, steps=1))
+    info = json.loads(Processed(p, [None]).js())
+    assert eval(_readme_check(), {"info": info}) is ran, info
+    if not ran and request_args[0] is not False:
+        assert asag_params.ERROR_KEY in info["extra_generation_params"]
+        assert "ASAG scale" not in info["infotexts"][0]  # not even as a word of the message
+
+
+def test_skipped_layers_are_noted_and_pasting_the_note_is_harmless(env):
+    p = _p(env)
+    generate(env, p, _args(env, enabled=True, layers="middle, output.0-5"), H.make_case(env.shared.sd_model, steps=1))
+    assert p.extra_generation_params == {"ASAG scale": 3.0, "ASAG layers": "middle, output.0-5",
+                                         asag_params.NOTE_KEY: "output.4-5 not in this model, skipped"}
+    pasted = _parse_infotext(_infotext_line({"Steps": 20, **p.extra_generation_params}))
+    assert pasted[asag_params.NOTE_KEY] == "output.4-5 not in this model, skipped"
+    restored = [reader(pasted) for _, reader in env.script.infotext_fields]
+    assert restored[:3] == [True, 3.0, "middle, output.0-5"]
+    assert asag_params.NOTE_KEY not in env.script.paste_field_names
+    refused = _p(env)  # a layer of which nothing exists: no note, an error, no ASAG
+    generate(env, refused, _args(env, enabled=True, layers="output.0-5, input.2"), H.make_case(env.shared.sd_model, steps=1))
+    assert set(refused.extra_generation_params) == {asag_params.ERROR_KEY}
+
+
 def test_the_api_host_copies_the_request_args_like_modules_api(env):
     assert _api_args(env, [True, 2.5]) == [True, 2.5] + _ui_defaults(env)[2:]
     assert _api_args(env, [True] * 12) == [True] * len(asag_params.ARG_ORDER)
