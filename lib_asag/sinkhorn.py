@@ -8,13 +8,13 @@ nearly doubly-stochastic plan. See docs/method.md for the formulation and its so
 Everything is computed from the log-kernel -S/epsilon in float32 whatever the input dtype and whatever
 autocast the host samples under (each public entry turns autocast off for its device; A1111 wraps
 sampling in fp16 CUDA or bf16 CPU autocast, under which an attention sink overflows the scalings), so
-fp16/bf16 inputs with large scores neither overflow nor underflow; results come back in the input dtype. Fast path: the log-kernel is
-exponentiated once, stabilised by its row maxima and row-normalised (a fused in-place softmax, which
-is also the first row step); Sinkhorn then runs on the two scaling vectors (one matrix-vector product
-per half-iteration, no N x N temporaries) and the final row step is folded into the product with V.
-Items (batch*head) whose scalings leave the range where this is exact to float32 rounding are redone
-with full log-domain iterations (a log-sum-exp per half-iteration). Work is chunked over batch x heads
-so that at most `chunk_mb` megabytes of N_q x N_k float32 matrices exist at once (one matrix per item
+fp16/bf16 inputs with large scores neither overflow nor underflow; results come back in the input dtype.
+Fast path: the log-kernel is exponentiated once, stabilised by its row maxima and row-normalised (a fused
+in-place softmax, which is also the first row step); Sinkhorn then runs on the two scaling vectors (one
+matrix-vector product per half-iteration, no N x N temporaries) and the final row step is folded into the
+product with V. Items (batch*head) whose scalings leave the range where this is exact to float32 rounding
+are redone with full log-domain iterations (a log-sum-exp per half-iteration). Work is chunked over batch x
+heads so that at most `chunk_mb` megabytes of N_q x N_k float32 matrices exist at once (one matrix per item
 on the fast path, two on the log-domain path).
 """
 from __future__ import annotations

@@ -49,7 +49,7 @@ class ASAGScript(scripts.Script):
 
     def ui(self, is_img2img):
         _add_xyz_axes()
-        built = asag_ui.build(self.elem_id, is_img2img)
+        built = asag_ui.build(self.elem_id, is_img2img, _loaded_model)
         self.infotext_fields = built.infotext_fields
         self.paste_field_names = built.paste_field_names
         return built.components
@@ -105,6 +105,13 @@ class ASAGScript(scripts.Script):
     def _teardown(self, p) -> None:
         if _ADAPTER is not None:
             _ADAPTER.teardown(p)
+
+
+def _loaded_model():
+    """The loaded model without loading one: `modules.sd_models.model_data.sd_model` (A1111 v1.10.1 and Forge
+    `SdModelData`); `shared.sd_model` is a property that loads the checkpoint when none is loaded yet."""
+    from modules import sd_models
+    return getattr(getattr(sd_models, "model_data", None), "sd_model", None)
 
 
 def _report_off(p, messages: list[str]) -> None:

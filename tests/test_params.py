@@ -132,9 +132,11 @@ def test_resolve_and_note_says_when_a_default_preset_is_clipped():
     p = _P()
     refs = resolve_and_note(p, ASAGParams(enabled=True), "flux", _blocks(double=8, single=38))
     assert [str(r) for r in refs] == ["double.7"]
-    assert p.extra_generation_params[NOTE_KEY] == "double.8-9 not in this model, skipped (from the flux default double.7-9)"
+    assert p.extra_generation_params[NOTE_KEY] == ("double.8-9 not in this model, skipped "
+                                                   "(from the flux default double.7-9)")
     p = _P()
-    resolve_and_note(p, ASAGParams(enabled=True, layers="double.7-9 + single.7-9"), "chroma", _blocks(double=8, single=8))
+    preset = ASAGParams(enabled=True, layers="double.7-9 + single.7-9")
+    resolve_and_note(p, preset, "chroma", _blocks(double=8, single=8))
     assert p.extra_generation_params[NOTE_KEY] == ("double.8-9; single.8-9 not in this model, skipped "
                                                    "(from the chroma preset 'double.7-9 + single.7-9')")
 

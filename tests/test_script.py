@@ -116,6 +116,93 @@ def test_hints_cover_every_element_id(env):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Layer presets follow the loaded model's family (issue 15.5)
+
+def _build_ui(env):
+    """The script's UI in a fresh Blocks; returns {elem_id: block} of everything in it."""
+    import gradio as gr
+    with gr.Blocks() as root:
+        script = env.module.ASAGScript()
+        script.is_txt2img = True
+        script.ui(False)
+    found, stack = {}, [root]
+    while stack:
+        block = stack.pop()
+        found[block.elem_id] = block
+        stack.extend(block.children)
+    return found
+
+
+def _dit_model(forge: bool = False, **counts):
+    """A loaded DiT as each host holds it: A1111 `sd_model.model.diffusion_model` (its SD3), Forge
+    `sd_model.forge_objects.unet.model.diffusion_model` (backend/diffusion_engine/*, no is_flux flag)."""
+    net = torch.nn.Module()
+    for kind, n in counts.items():
+        setattr(net, f"{kind}_blocks", torch.nn.ModuleList(torch.nn.Identity() for _ in range(n)))
+    holder = types.SimpleNamespace(diffusion_model=net)
+    if forge:
+        return types.SimpleNamespace(forge_objects=types.SimpleNamespace(unet=types.SimpleNamespace(model=holder)))
+    return types.SimpleNamespace(model=holder, is_sd3=True)
+
+
+def _refresh_handlers(ui):
+    """The handlers that refresh the preset dropdown: its refresh button's click and ASAG's tick."""
+    preset = ui["script_txt2img_asag_preset"]
+    handlers = []
+    for block in (ui["script_txt2img_asag_preset_refresh"], ui["script_txt2img_asag_enabled-checkbox"]):
+        handlers += [fn for name, fn, inputs, outputs, _ in block.events
+                     if name in ("click", "change") and outputs == [preset] and inputs == [preset]]
+    return handlers
+
+
+@pytest.mark.parametrize("model,family", [
+    (None, None), ("sd1", "sd1"), (_dit_model(joint=4), "sd3"), (_dit_model(forge=True, double=3, single=2), "flux"),
+    (types.SimpleNamespace(cond_stage_model=None, chunk_length=75), None),  # Forge's FakeInitialModel
+])
+def test_preset_dropdown_offers_the_loaded_models_presets(env, model, family):
+    from lib_asag import layers, ui as asag_ui
+    env.shared.sd_model = env.shared.sd_model if model == "sd1" else model
+    ui = _build_ui(env)
+    preset = ui["script_txt2img_asag_preset"]
+    assert preset.choices == list(asag_ui.PRESET_CHOICES)  # gradio 4 accepts only values built in
+    assert preset.value == (layers.default_preset(family) if family else None)
+    want = list(layers.PRESETS[family]) if family else list(asag_ui.PRESET_CHOICES)
+    handlers = _refresh_handlers(ui)
+    assert len(handlers) == 2
+    for refresh in handlers:
+        for current in ("middle", "all", None):
+            update = refresh(current)
+            assert update["choices"] == want
+            assert update["value"] == (current if current in want else None)
+
+
+def test_refresh_follows_a_model_change_and_never_breaks_the_ui(env):
+    ui = _build_ui(env)
+    refresh = _refresh_handlers(ui)[0]
+    assert refresh("middle")["choices"] == ["middle", "middle + output.3-5", "all"]
+    env.shared.sd_model = _dit_model(joint=24)
+    assert refresh("middle") == {"__type__": "update", "choices": ["joint.7-9", "all"], "value": None}
+
+    class Loading:  # a model half-built by the host's loading thread
+        @property
+        def model(self):
+            raise RuntimeError("still loading")
+
+    env.shared.sd_model = Loading()
+    assert refresh("all")["value"] == "all"
+
+
+def test_picking_a_preset_fills_the_layers_box_and_a_refresh_leaves_it(env):
+    ui = _build_ui(env)
+    preset, layer_box = ui["script_txt2img_asag_preset"], ui["script_txt2img_asag_layers"]
+    [(fn, inputs)] = [(fn, inputs) for name, fn, inputs, outputs, _ in preset.events
+                      if name == "change" and outputs == [layer_box]]
+    assert inputs == [preset, layer_box]
+    assert fn("middle + output.3-5", "input.7") == "middle + output.3-5"
+    assert fn(None, "input.7") == "input.7"  # a refresh cleared a selection the new family lacks
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Infotext: written as A1111 writes generation parameters, read back as it parses them
 
 def _infotext_line(values: dict) -> str:
@@ -253,7 +340,8 @@ def test_skipped_layers_are_noted_and_pasting_the_note_is_harmless(env):
     assert restored[:3] == [True, 3.0, "middle, output.0-5"]
     assert asag_params.NOTE_KEY not in env.script.paste_field_names
     refused = _p(env)  # a layer of which nothing exists: no note, an error, no ASAG
-    generate(env, refused, _args(env, enabled=True, layers="output.0-5, input.2"), H.make_case(env.shared.sd_model, steps=1))
+    generate(env, refused, _args(env, enabled=True, layers="output.0-5, input.2"),
+             H.make_case(env.shared.sd_model, steps=1))
     assert set(refused.extra_generation_params) == {asag_params.ERROR_KEY}
 
 
