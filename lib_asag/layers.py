@@ -119,13 +119,49 @@ def _span(first: str | None, last: str | None) -> range | None:
     return range(lo, hi + 1)
 
 
-def _matcher(token: str):
-    """A predicate over LayerRef for one token of the grammar."""
+@dataclass(frozen=True)
+class _Token:
+    """One parsed token: `block` (None = all) with optional block numbers `ids` and transformer
+    `indices` (the middle block has indices only), or one exact `module`."""
+
+    block: str | None = None
+    ids: range | None = None
+    indices: range | None = None
+    module: LayerRef | None = None
+
+    def matches(self, ref: LayerRef) -> bool:
+        if self.module is not None:
+            return ref == self.module
+        return ((self.block is None or ref.block == self.block)
+                and (self.ids is None or ref.block_id in self.ids)
+                and (self.indices is None or ref.index in self.indices))
+
+    def missing(self, available: list[LayerRef]) -> list[tuple[str, int | None, int]]:
+        """What the token's numbers name that `available` lacks: (block, block number, transformer
+        index) with None for the block number of the middle block, index -1 for a whole block."""
+        if self.module is not None or self.block is None or (self.ids is None and self.indices is None):
+            return []
+        mine = [ref for ref in available if ref.block == self.block]
+        if self.ids is None:  # middle.N: transformer indices of the one middle block
+            present = {ref.index for ref in mine}
+            return [(self.block, None, i) for i in self.indices if i not in present]
+        out = []
+        for block_id in self.ids:
+            present = {ref.index for ref in mine if ref.block_id == block_id}
+            if not present:
+                out.append((self.block, block_id, -1))
+            elif self.indices is not None:
+                out.extend((self.block, block_id, i) for i in self.indices if i not in present)
+        return out
+
+
+def _parse(token: str) -> _Token:
+    """One token of the grammar; raises LayerSpecError with an example of what would work."""
     module_ref = layer_from_module_name(token)
     if module_ref is not None:
-        return lambda ref: ref == module_ref
+        return _Token(module=module_ref)
     if token == "all":
-        return lambda ref: True
+        return _Token()
     match = _TOKEN_RE.match(token)
     if match is None or match.group(1) not in _ALIASES:
         raise LayerSpecError(f"cannot read ASAG layer {token!r}; write e.g. 'middle', 'input.7', "
@@ -135,13 +171,17 @@ def _matcher(token: str):
     if block in DIT_BLOCKS:
         if second is not None:
             raise LayerSpecError(f"{token!r}: a {block} block takes one number (or range), the block index")
-        return lambda ref: ref.block == block and (first is None or ref.block_id in first)
+        return _Token(block, ids=first)
     if block == "middle":
         if second is not None:
             raise LayerSpecError(f"{token!r}: the middle block takes one number, its transformer index")
-        return lambda ref: ref.block == "middle" and (first is None or ref.index in first)
-    return lambda ref: (ref.block == block and (first is None or ref.block_id in first)
-                        and (second is None or ref.index in second))
+        return _Token(block, indices=first)
+    return _Token(block, ids=first, indices=second)
+
+
+def _matcher(token: str):
+    """A predicate over LayerRef for one token of the grammar."""
+    return _parse(token).matches
 
 
 def split_spec(spec: str) -> list[str]:
@@ -180,20 +220,64 @@ def format_layers(refs: Iterable[LayerRef]) -> str:
     return "; ".join(parts) or "none"
 
 
-def resolve_layers(spec: str, available: Iterable[LayerRef]) -> list[LayerRef]:
-    """The layers of `available` named by `spec`; every token must name at least one of them."""
+def _runs(numbers: Iterable[int]) -> str:
+    """'0-2,5' for [0, 1, 2, 5]."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in runs)
+
+
+def format_missing(missing: Iterable[tuple[str, int | None, int]]) -> list[str]:
+    """Names in the grammar for what `_Token.missing` found, runs merged: ['double.8-9', 'input.7.2-3']."""
+    whole: dict[str, list[int]] = {}
+    inner: dict[tuple[str, int | None], list[int]] = {}
+    for block, block_id, index in missing:
+        if index < 0:
+            whole.setdefault(block, []).append(block_id)
+        else:
+            inner.setdefault((block, block_id), []).append(index)
+    names = [f"{block}.{_runs(ids)}" for block, ids in whole.items()]
+    names += [f"{block}.{_runs(idx)}" if block_id is None else f"{block}.{block_id}.{_runs(idx)}"
+              for (block, block_id), idx in inner.items()]
+    return names
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The layers a spec names in one model, and what it names that the model lacks (`skipped`, in
+    the grammar: a range past the model's last block, or UNet blocks without self-attention)."""
+
+    layers: list[LayerRef]
+    skipped: list[str]
+
+
+def resolve(spec: str, available: Iterable[LayerRef]) -> Resolution:
+    """The layers of `available` named by `spec`. Every token must name at least one of them (else
+    LayerSpecError listing what the model has); numbers a token names beyond them are `skipped`."""
     available = sorted(set(available))
     tokens = split_spec(spec)
     if not tokens:
-        raise LayerSpecError("no ASAG layers given")
+        raise LayerSpecError("no layers given for ASAG")
     chosen: set[LayerRef] = set()
+    missing: list[tuple[str, int | None, int]] = []
     for token in tokens:
-        hits = [ref for ref in available if _matcher(token)(ref)]
+        parsed = _parse(token)
+        hits = [ref for ref in available if parsed.matches(ref)]
         if not hits:
             raise LayerSpecError(f"ASAG layer {token!r} does not exist in this model; it has self-attention "
                                  f"in: {format_layers(available)}")
         chosen.update(hits)
-    return sorted(chosen)
+        missing.extend(m for m in parsed.missing(available) if m not in missing)
+    return Resolution(sorted(chosen), format_missing(missing))
+
+
+def resolve_layers(spec: str, available: Iterable[LayerRef]) -> list[LayerRef]:
+    """The layers of `available` named by `spec` (see `resolve`, which also says what was skipped)."""
+    return resolve(spec, available).layers
 
 
 def is_preset(name: str) -> bool:

@@ -5,13 +5,17 @@ turns ASAG off for that generation with a clear line in the console and the UI.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .guidance import ADAPTIVE_MODES
-from .layers import check_spec, is_preset, preset_spec
+from .layers import (PRESETS, LayerRef, LayerSpecError, check_spec, format_layers, is_preset, preset_spec,
+                     resolve)
 from .perturb.families import FAMILIES as _FAMILY_TABLE
+
+log = logging.getLogger("asag")
 
 FAMILIES: tuple[str, ...] = tuple(_FAMILY_TABLE)  # "sd1", "sd2", "sdxl", "sd3", "flux", "chroma", ... (the table)
 HIRES_MODES = ("same", "off")
@@ -40,19 +44,19 @@ class ASAGParams:
         for name, (lo, hi) in LIMITS.items():
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                errors.append(f"ASAG {name} must be a finite number, got {value!r}")
+                errors.append(f"ASAG's {name} must be a finite number, got {value!r}")
             elif not lo <= value <= hi:
-                errors.append(f"ASAG {name} must be between {lo:g} and {hi:g}, got {value:g}")
+                errors.append(f"ASAG's {name} must be between {lo:g} and {hi:g}, got {value:g}")
         if isinstance(self.iterations, float) and not self.iterations.is_integer():
-            errors.append(f"ASAG iterations must be a whole number, got {self.iterations!r}")
+            errors.append(f"ASAG's iterations must be a whole number, got {self.iterations!r}")
         if not errors and self.start >= self.end:
-            errors.append(f"ASAG start ({self.start:g}) must be before end ({self.end:g})")
+            errors.append(f"ASAG's start ({self.start:g}) must be before its end ({self.end:g})")
         if self.adaptive not in ADAPTIVE_MODES:
-            errors.append(f"ASAG adaptive must be one of {', '.join(ADAPTIVE_MODES)}, got {self.adaptive!r}")
+            errors.append(f"ASAG's adaptive must be one of {', '.join(ADAPTIVE_MODES)}, got {self.adaptive!r}")
         if self.hires not in HIRES_MODES:
-            errors.append(f"ASAG hires must be one of {', '.join(HIRES_MODES)}, got {self.hires!r}")
+            errors.append(f"ASAG's hires must be one of {', '.join(HIRES_MODES)}, got {self.hires!r}")
         if not isinstance(self.layers, str):
-            errors.append(f"ASAG layers must be text, got {self.layers!r}")
+            errors.append(f"ASAG's layers must be text, got {self.layers!r}")
         else:
             errors.extend(check_spec(self.layers) if not is_preset(self.layers) else [])
         return errors
@@ -89,15 +93,15 @@ def _coerce(name: str, value: Any) -> Any:
             return bool(value)
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise ValueError(f"ASAG {name} must be true or false, got {value!r}")
+        raise ValueError(f"ASAG's {name} must be true or false, got {value!r}")
     if kind is int:
         number = float(value) if not isinstance(value, bool) else math.nan
         if not number.is_integer():
-            raise ValueError(f"ASAG {name} must be a whole number, got {value!r}")
+            raise ValueError(f"ASAG's {name} must be a whole number, got {value!r}")
         return int(number)
     if kind is float:
         if isinstance(value, bool):
-            raise ValueError(f"ASAG {name} must be a number, got {value!r}")
+            raise ValueError(f"ASAG's {name} must be a number, got {value!r}")
         return float(value)
     if value is None:
         return ""
@@ -114,7 +118,7 @@ def from_values(values: Mapping[str, Any]) -> tuple[ASAGParams | None, list[str]
         try:
             converted[name] = _coerce(name, value)
         except (TypeError, ValueError) as e:
-            errors.append(str(e) if "ASAG" in str(e) else f"ASAG {name}: cannot use {value!r}")
+            errors.append(str(e) if "ASAG" in str(e) else f"ASAG's {name}: cannot use {value!r}")
     if errors:
         return None, errors
     params = replace(DEFAULTS, **converted)
@@ -145,6 +149,9 @@ def from_script_args(args: Sequence[Any] | Mapping[str, Any] | None) -> tuple[AS
 INFOTEXT_KEYS: dict[str, str] = {name: f"ASAG {name}" for name in ARG_ORDER if name != "enabled"}
 ERROR_KEY = "ASAG error"
 """Infotext key of why ASAG did not run (alone) or stopped early (with `ASAG scale`)."""
+NOTE_KEY = "ASAG note"
+"""Infotext key of what ASAG was asked for and skipped (layers the model lacks); informational only,
+paste-back ignores it."""
 
 
 def to_infotext(params: ASAGParams) -> dict[str, Any]:
@@ -173,3 +180,40 @@ def from_infotext(info: Mapping[str, Any]) -> dict[str, Any]:
 
 def as_dict(params: ASAGParams) -> dict[str, Any]:
     return asdict(params)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layers of one model, with what was skipped made visible
+
+def _preset_origin(params: ASAGParams, family: str) -> str | None:
+    """'the sd3 default joint.7-9' / "the flux preset 'double.7-9 + single.7-9'" when the layers come from
+    a preset (chosen for the family's usual depth), else None."""
+    name = params.layers.strip() if isinstance(params.layers, str) else ""
+    if not name:
+        return f"the {family} default {preset_spec(family, '')}"
+    if name in PRESETS.get(family, {}):
+        return f"the {family} preset {name!r}"
+    return None
+
+
+def resolve_and_note(p: Any, params: ASAGParams, family: str, available: Iterable[LayerRef]) -> list[LayerRef]:
+    """The layers `params` name in this model, presets expanded for `family`.
+
+    What the spec names and the model lacks (a range past its last block, UNet blocks without
+    self-attention) is skipped visibly: `ASAG note` in p's infotext and a warning. A token that names
+    nothing raises LayerSpecError listing what the model has (and, for a preset, that it was one)."""
+    origin = _preset_origin(params, family)
+    try:
+        resolution = resolve(params.layer_spec(family), available)
+    except LayerSpecError as e:
+        if origin is None:
+            raise
+        raise LayerSpecError(f"{e} ({origin} is made for the family's usual depth; type layers this model "
+                             "has, e.g. 'all')") from e
+    if resolution.skipped:
+        note = f"{'; '.join(resolution.skipped)} not in this model, skipped" + (f" (from {origin})" if origin else "")
+        log.warning("ASAG: layers %s; perturbing %s.", note, format_layers(resolution.layers))
+        extra = getattr(p, "extra_generation_params", None)
+        if isinstance(extra, dict):
+            extra[NOTE_KEY] = note
+    return resolution.layers

@@ -5,21 +5,28 @@ Ordinary attention softmax(S), S = QK^T/sqrt(d), is the entropic optimal-transpo
 expensive) and enforces both marginals with a few Sinkhorn iterations, which yields a high-entropy,
 nearly doubly-stochastic plan. See docs/method.md for the formulation and its sources.
 
-Everything is computed from the log-kernel -S/epsilon in float32 whatever the input dtype, so
-fp16/bf16 inputs with large scores neither overflow nor underflow. Fast path: the log-kernel is
-exponentiated once, stabilised by its row maxima and row-normalised (a fused in-place softmax, which
-is also the first row step); Sinkhorn then runs on the two scaling vectors (one matrix-vector product
-per half-iteration, no N x N temporaries) and the final row step is folded into the product with V.
-Items (batch*head) whose scalings leave the range where this is exact to float32 rounding are redone
-with full log-domain iterations (a log-sum-exp per half-iteration). Work is chunked over batch x heads
-so that at most `chunk_mb` megabytes of N_q x N_k float32 matrices exist at once (one matrix per item
+Everything is computed from the log-kernel -S/epsilon in float32 whatever the input dtype and whatever
+autocast the host samples under (each public entry turns autocast off for its device; A1111 wraps
+sampling in fp16 CUDA or bf16 CPU autocast, under which an attention sink overflows the scalings), so
+fp16/bf16 inputs with large scores neither overflow nor underflow; results come back in the input dtype.
+Fast path: the log-kernel is exponentiated once, stabilised by its row maxima and row-normalised (a fused
+in-place softmax, which is also the first row step); Sinkhorn then runs on the two scaling vectors (one
+matrix-vector product per half-iteration, no N x N temporaries) and the final row step is folded into the
+product with V. Items (batch*head) whose scalings leave the range where this is exact to float32 rounding
+are redone with full log-domain iterations (a log-sum-exp per half-iteration). Work is chunked over batch x
+heads so that at most `chunk_mb` megabytes of N_q x N_k float32 matrices exist at once (one matrix per item
 on the fast path, two on the log-domain path).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from typing import Callable, TypeVar
 
 import torch
+
+_F = TypeVar("_F", bound=Callable[..., torch.Tensor])
 
 DEFAULT_CHUNK_MB = 256.0
 """Memory budget for the N_q x N_k float32 work matrices of one chunk."""
@@ -166,6 +173,29 @@ def _sinkhorn_scalings(kernel: torch.Tensor, iterations: int,
 
 # ----------------------------------------------------------------------------- public API
 
+def _turn_autocast_off(stack: contextlib.ExitStack, device: torch.device) -> None:
+    """Disable autocast for `device`'s type until `stack` closes; nothing where torch has no autocast
+    for that type (meta; MPS on older torch; a backend such as DirectML that registers none), since
+    nothing can then be autocast there."""
+    try:
+        stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
+    except (RuntimeError, AssertionError, ValueError):
+        pass
+
+
+def _owns_precision(fn: _F) -> _F:
+    """Run the Sinkhorn entry `fn` with autocast off for its input's device: inside a host's autocast the
+    matrix products that do not write into float32 buffers would run in fp16/bf16, which is inexact and,
+    on an attention sink, overflows and mixes dtypes (issue 15)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> torch.Tensor:
+        first = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+        with contextlib.ExitStack() as stack:
+            _turn_autocast_off(stack, first.device)
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
 def _check(iterations: int, epsilon: float) -> None:
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
@@ -173,6 +203,7 @@ def _check(iterations: int, epsilon: float) -> None:
         raise ValueError(f"epsilon must be a positive finite number, got {epsilon}")
 
 
+@_owns_precision
 def sinkhorn_plan(scores: torch.Tensor, *, iterations: int, epsilon: float,
                   tol: float | None = None) -> torch.Tensor:
     """The row-normalised adversarial Sinkhorn plan for similarity `scores` of shape (..., N_q, N_k).
@@ -258,6 +289,7 @@ def _attend_fast(q_h: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor, factor
     return exact
 
 
+@_owns_precision
 def adversarial_sinkhorn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, heads: int,
                                    iterations: int, epsilon: float, tol: float | None = None,
                                    chunk_mb: float = DEFAULT_CHUNK_MB) -> torch.Tensor:
@@ -274,6 +306,7 @@ def adversarial_sinkhorn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     return _merge_heads(out, batch, heads, q.dtype)
 
 
+@_owns_precision
 def adversarial_sinkhorn_attention_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, iterations: int,
                                          epsilon: float, tol: float | None = None,
                                          chunk_mb: float = DEFAULT_CHUNK_MB) -> torch.Tensor:

@@ -21,6 +21,57 @@ XYZ_AXES: tuple[tuple[str, str, type], ...] = (
 )
 
 PRESET_CHOICES: tuple[str, ...] = tuple(dict.fromkeys(name for presets in layers.PRESETS.values() for name in presets))
+"""Every family's preset names: what the dropdown accepts (gradio 4 checks a value against the choices the
+component was built with), and what it offers while the loaded model's family is unknown."""
+
+REFRESH_SYMBOL = "\U0001f504"  # the WebUIs' refresh button (modules/ui_common.py refresh_symbol)
+
+
+def presets_for(family: str | None) -> list[str]:
+    """The preset names offered for a model family, every family's when it is unknown."""
+    return list(layers.PRESETS[family]) if family in layers.PRESETS else list(PRESET_CHOICES)
+
+
+def _diffusion_model(sd_model: Any) -> Any | None:
+    """The UNet/DiT of a loaded model: Forge's `forge_objects.unet.model`, A1111's `model`; None when there
+    is none (A1111 before its first load, Forge's FakeInitialModel)."""
+    patcher = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
+    holder = getattr(patcher, "model", None) if patcher is not None else getattr(sd_model, "model", None)
+    model = getattr(holder, "diffusion_model", None)
+    return model if callable(getattr(model, "named_modules", None)) else None
+
+
+def loaded_family(sd_model: Any) -> str | None:
+    """The preset family of the loaded model (as the adapters resolve it), None when no model is loaded."""
+    model = _diffusion_model(sd_model)
+    available = layers.find_self_attention(model) if model is not None else {}
+    return layers.model_family(sd_model, available) if available else None
+
+
+def _family_now(loaded_model: Callable[[], Any]) -> str | None:
+    """loaded_family of what `loaded_model()` returns; None if that fails (a model still loading in the
+    host's startup thread must not break the UI)."""
+    try:
+        return loaded_family(loaded_model())
+    except Exception:
+        return None
+
+
+def refreshed_presets(loaded_model: Callable[[], Any]) -> Callable[[str | None], dict]:
+    """Event handler: the dropdown's choices for the loaded model's family. The selection is kept when the
+    family offers it, else cleared; the Layers box is never touched (see `_fill_layers`)."""
+
+    def refresh(current: str | None) -> dict:
+        import gradio as gr
+        choices = presets_for(_family_now(loaded_model))
+        return gr.update(choices=choices, value=current if current in choices else None)
+
+    return refresh
+
+
+def _fill_layers(name: str | None, current: str) -> str:
+    """Preset dropdown -> Layers box; a cleared selection (a refresh) leaves what the user typed."""
+    return name or current
 
 
 def default_layers_hint() -> str:
@@ -70,11 +121,24 @@ class _FallbackAccordion:
         self.accordion.__exit__(*exc)
 
 
-def build(elem_id: Callable[[str], str], is_img2img: bool) -> ScriptUI:
-    """Create the ASAG accordion inside the current gradio Blocks context."""
+def _refresh_button(gr: Any, elem_id: str) -> Any:
+    """The WebUIs' small refresh button (modules/ui_components.py ToolButton, A1111 1.8+ and Forge)."""
+    try:
+        from modules.ui_components import ToolButton
+    except ImportError:
+        return gr.Button(value=REFRESH_SYMBOL, elem_id=elem_id)
+    return ToolButton(value=REFRESH_SYMBOL, elem_id=elem_id, tooltip="Layer preset: refresh for the loaded model")
+
+
+def build(elem_id: Callable[[str], str], is_img2img: bool, loaded_model: Callable[[], Any] = lambda: None) -> ScriptUI:
+    """Create the ASAG accordion inside the current gradio Blocks context.
+
+    `loaded_model()` returns the loaded model without loading one (scripts/asag.py passes the host's); the
+    preset dropdown offers that model's family's presets, refreshed when ASAG is ticked and by its button."""
     import gradio as gr
 
     d = asag_params.DEFAULTS
+    family = _family_now(loaded_model)
     with _accordion(gr, d.enabled, elem_id("enabled")) as enabled:
         with gr.Row():
             scale = gr.Slider(label="Scale", minimum=0.0, maximum=10.0, step=0.1, value=d.scale,
@@ -82,8 +146,9 @@ def build(elem_id: Callable[[str], str], is_img2img: bool) -> ScriptUI:
             rescale = gr.Slider(label="Rescale", minimum=0.0, maximum=1.0, step=0.05, value=d.rescale,
                                 elem_id=elem_id("rescale"))
         with gr.Row():
-            preset = gr.Dropdown(label="Layer preset", choices=list(PRESET_CHOICES), value=layers.DEFAULT_PRESET,
-                                 elem_id=elem_id("preset"))
+            preset = gr.Dropdown(label="Layer preset", choices=list(PRESET_CHOICES),
+                                 value=layers.default_preset(family) if family else None, elem_id=elem_id("preset"))
+            refresh = _refresh_button(gr, elem_id("preset_refresh"))
             layer_box = gr.Textbox(label="Layers", value=d.layers, placeholder=default_layers_hint(),
                                    elem_id=elem_id("layers"))
         with gr.Row():
@@ -99,7 +164,9 @@ def build(elem_id: Callable[[str], str], is_img2img: bool) -> ScriptUI:
                                 elem_id=elem_id("adaptive"))
             hires = gr.Radio(label="Hires fix pass", choices=list(asag_params.HIRES_MODES), value=d.hires,
                              visible=not is_img2img, elem_id=elem_id("hires"))
-    preset.change(fn=lambda name: name, inputs=[preset], outputs=[layer_box])
+    preset.change(fn=_fill_layers, inputs=[preset, layer_box], outputs=[layer_box])
+    for event in (refresh.click, enabled.change):  # both gradio 3.41 (A1111) and 4 (Forge) have these
+        event(fn=refreshed_presets(loaded_model), inputs=[preset], outputs=[preset])
 
     by_name = {"enabled": enabled, "scale": scale, "layers": layer_box, "iterations": iterations,
                "epsilon": epsilon, "start": start, "end": end, "adaptive": adaptive, "rescale": rescale,

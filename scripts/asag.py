@@ -49,7 +49,7 @@ class ASAGScript(scripts.Script):
 
     def ui(self, is_img2img):
         _add_xyz_axes()
-        built = asag_ui.build(self.elem_id, is_img2img)
+        built = asag_ui.build(self.elem_id, is_img2img, _loaded_model)
         self.infotext_fields = built.infotext_fields
         self.paste_field_names = built.paste_field_names
         return built.components
@@ -85,12 +85,16 @@ class ASAGScript(scripts.Script):
         if _ADAPTER is None or params is None or not params.enabled:
             self._teardown(p)
             return
+        first_pass = not getattr(p, "is_hr_pass", False)
+        if first_pass:  # the adapter notes skipped layers (ASAG note) in setup; drop an earlier batch's
+            p.extra_generation_params.pop(asag_params.NOTE_KEY, None)
         messages = _ADAPTER.setup(p, params)
-        if getattr(p, "is_hr_pass", False):
+        if not first_pass:
             return
         for key in (*asag_params.INFOTEXT_KEYS.values(), asag_params.ERROR_KEY):
             p.extra_generation_params.pop(key, None)
         if messages:
+            p.extra_generation_params.pop(asag_params.NOTE_KEY, None)
             for message in messages:
                 log.warning("ASAG: %s", message)
                 _comment(p, message)
@@ -101,6 +105,13 @@ class ASAGScript(scripts.Script):
     def _teardown(self, p) -> None:
         if _ADAPTER is not None:
             _ADAPTER.teardown(p)
+
+
+def _loaded_model():
+    """The loaded model without loading one: `modules.sd_models.model_data.sd_model` (A1111 v1.10.1 and Forge
+    `SdModelData`); `shared.sd_model` is a property that loads the checkpoint when none is loaded yet."""
+    from modules import sd_models
+    return getattr(getattr(sd_models, "model_data", None), "sd_model", None)
 
 
 def _report_off(p, messages: list[str]) -> None:

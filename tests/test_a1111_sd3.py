@@ -218,7 +218,10 @@ def test_error_inside_perturbed_pass_turns_asag_off_and_unpatches(env, caplog, m
     p = _p(env, batch_size=2)
     env.host.Adapter().setup(p, _params())
     got = H.run_sampler(p, case)
-    assert torch.equal(got, baseline)
+    if mode == "separate":
+        assert torch.equal(got, baseline)
+    else:  # the failing step's cond/uncond came from the host's 3-row call: same maths, other BLAS blocking
+        torch.testing.assert_close(got, baseline, atol=1e-4, rtol=1e-4)
     assert "boom in the perturbed pass" in caplog.text
     assert any("ASAG turned off" in c for c in p.comments)
     _assert_unpatched(env, model, original)

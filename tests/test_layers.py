@@ -78,7 +78,7 @@ def test_resolve_sdxl_transformer_ranges(sdxl):
     ("input.7.x", "cannot read"),
     ("output.5-3", "backwards"),
     ("middle.0.1", "one number"),
-    ("", "no ASAG layers"),
+    ("", "no layers given"),
 ])
 def test_bad_specs_have_clear_messages(sd1, spec, fragment):
     with pytest.raises(LayerSpecError, match=fragment):
@@ -195,3 +195,33 @@ def test_dit_family_and_default_presets():
         from lib_asag.layers import PRESETS
         for name in PRESETS[family]:
             assert resolve_layers(preset_spec(family, name), available)
+
+
+# --- what a spec names and the model lacks is reported, not silently clipped (issue 15.3) ---------------------
+
+@pytest.mark.parametrize("spec,chosen,skipped", [
+    ("output.0-5", ["output.3.0", "output.4.0", "output.5.0"], ["output.0-2"]),  # SD1.x: no attention in 0-2
+    ("input.0-12", ["input.1.0", "input.2.0", "input.4.0", "input.5.0", "input.7.0", "input.8.0"],
+     ["input.0,3,6,9-12"]),
+    ("input.7.0-2", ["input.7.0"], ["input.7.1-2"]),
+    ("middle.0-1, output.11-13", ["middle.0", "output.11.0"], ["output.12-13", "middle.1"]),
+    ("middle, output.3-5", ["middle.0", "output.3.0", "output.4.0", "output.5.0"], []),
+    ("all", None, []), ("input", None, []), ("input_blocks.8.1.transformer_blocks.0.attn1", ["input.8.0"], []),
+])
+def test_resolve_reports_what_it_skipped_sd1(sd1, spec, chosen, skipped):
+    from lib_asag.layers import resolve
+    got = resolve(spec, sd1)
+    if chosen is not None:
+        assert [str(r) for r in got.layers] == chosen
+    assert got.skipped == skipped
+
+
+def test_resolve_reports_what_it_skipped_sdxl_and_dit(sdxl):
+    from lib_asag.layers import resolve
+    assert resolve("middle.8-12", sdxl).skipped == ["middle.10-12"]
+    assert resolve("input.4-8.1-2", sdxl).skipped == ["input.6", "input.4.2", "input.5.2"]
+    flux8 = list(find_self_attention(_dit(double=8, single=38)))  # a Flux variant with 8 double blocks
+    got = resolve("double.7-9, single.36-40", flux8)
+    assert [str(r) for r in got.layers] == ["double.7", "single.36", "single.37"]
+    assert got.skipped == ["double.8-9", "single.38-40"]
+    assert resolve("double.7-9", list(find_self_attention(_dit(double=19)))).skipped == []

@@ -92,3 +92,73 @@ def test_infotext_round_trip_through_text(scale, iterations, epsilon, start, end
     text = {k: str(v) for k, v in to_infotext(params).items()}
     restored, messages = from_script_args(from_infotext(text))
     assert messages == [] and restored == params
+
+
+# --- messages never contain an infotext key (the README's check reads keys; issue 15.4) ----------------------
+
+@pytest.mark.parametrize("args", [*BAD_VALUES, [True, "x"], [True, 2.0, "x.y"], [True, 2.0, "joint.1.0"],
+                                  [True, 2.0, "", "x"], [True, 2.0, "", 3, "x"], [True] * 11, {"scael": 1}])
+def test_messages_never_contain_an_infotext_key(args):
+    from lib_asag.params import ERROR_KEY, NOTE_KEY
+    _, messages = from_script_args(args)
+    assert messages
+    for key in (*INFOTEXT_KEYS.values(), ERROR_KEY, NOTE_KEY):
+        assert not any(key in m for m in messages), (key, messages)
+
+
+# --- layers of one model: skipped names are noted (issue 15.3) ------------------------------------------------
+
+class _P:
+    def __init__(self):
+        self.extra_generation_params = {}
+
+
+def _blocks(**counts):
+    from lib_asag.layers import LayerRef
+    return [LayerRef(kind, i, 0) for kind, n in counts.items() for i in range(n)]
+
+
+def test_resolve_and_note_writes_the_note_and_logs(caplog):
+    from lib_asag.params import NOTE_KEY, resolve_and_note
+    p = _P()
+    refs = resolve_and_note(p, ASAGParams(enabled=True, layers="double.6-9"), "flux", _blocks(double=8, single=4))
+    assert [str(r) for r in refs] == ["double.6", "double.7"]
+    assert p.extra_generation_params == {NOTE_KEY: "double.8-9 not in this model, skipped"}
+    assert "double.8-9" in caplog.text and "perturbing double.6-7" in caplog.text
+
+
+def test_resolve_and_note_says_when_a_default_preset_is_clipped():
+    from lib_asag.params import NOTE_KEY, resolve_and_note
+    p = _P()
+    refs = resolve_and_note(p, ASAGParams(enabled=True), "flux", _blocks(double=8, single=38))
+    assert [str(r) for r in refs] == ["double.7"]
+    assert p.extra_generation_params[NOTE_KEY] == ("double.8-9 not in this model, skipped "
+                                                   "(from the flux default double.7-9)")
+    p = _P()
+    preset = ASAGParams(enabled=True, layers="double.7-9 + single.7-9")
+    resolve_and_note(p, preset, "chroma", _blocks(double=8, single=8))
+    assert p.extra_generation_params[NOTE_KEY] == ("double.8-9; single.8-9 not in this model, skipped "
+                                                   "(from the chroma preset 'double.7-9 + single.7-9')")
+
+
+def test_nothing_skipped_writes_nothing(caplog):
+    from lib_asag.params import resolve_and_note
+    p = _P()
+    assert len(resolve_and_note(p, ASAGParams(enabled=True), "sd3", _blocks(joint=24))) == 3
+    assert p.extra_generation_params == {} and caplog.text == ""
+
+
+def test_a_default_preset_that_names_no_block_is_refused_and_says_why():
+    """A depth-2 SD3 (the e2e test model) has no joint.7-9: refused, the message lists what exists and says
+    the layers came from the family default."""
+    from lib_asag.layers import LayerSpecError
+    from lib_asag.params import resolve_and_note
+    p = _P()
+    with pytest.raises(LayerSpecError) as err:
+        resolve_and_note(p, ASAGParams(enabled=True), "sd3", _blocks(joint=2))
+    message = str(err.value)
+    assert "does not exist" in message and "joint.0-1" in message and "the sd3 default joint.7-9" in message
+    assert p.extra_generation_params == {}
+    with pytest.raises(LayerSpecError) as err:  # a typed spec: no preset wording
+        resolve_and_note(p, ASAGParams(enabled=True, layers="joint.5"), "sd3", _blocks(joint=2))
+    assert "default" not in str(err.value) and "preset" not in str(err.value)

@@ -116,6 +116,93 @@ def test_hints_cover_every_element_id(env):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Layer presets follow the loaded model's family (issue 15.5)
+
+def _build_ui(env):
+    """The script's UI in a fresh Blocks; returns {elem_id: block} of everything in it."""
+    import gradio as gr
+    with gr.Blocks() as root:
+        script = env.module.ASAGScript()
+        script.is_txt2img = True
+        script.ui(False)
+    found, stack = {}, [root]
+    while stack:
+        block = stack.pop()
+        found[block.elem_id] = block
+        stack.extend(block.children)
+    return found
+
+
+def _dit_model(forge: bool = False, **counts):
+    """A loaded DiT as each host holds it: A1111 `sd_model.model.diffusion_model` (its SD3), Forge
+    `sd_model.forge_objects.unet.model.diffusion_model` (backend/diffusion_engine/*, no is_flux flag)."""
+    net = torch.nn.Module()
+    for kind, n in counts.items():
+        setattr(net, f"{kind}_blocks", torch.nn.ModuleList(torch.nn.Identity() for _ in range(n)))
+    holder = types.SimpleNamespace(diffusion_model=net)
+    if forge:
+        return types.SimpleNamespace(forge_objects=types.SimpleNamespace(unet=types.SimpleNamespace(model=holder)))
+    return types.SimpleNamespace(model=holder, is_sd3=True)
+
+
+def _refresh_handlers(ui):
+    """The handlers that refresh the preset dropdown: its refresh button's click and ASAG's tick."""
+    preset = ui["script_txt2img_asag_preset"]
+    handlers = []
+    for block in (ui["script_txt2img_asag_preset_refresh"], ui["script_txt2img_asag_enabled-checkbox"]):
+        handlers += [fn for name, fn, inputs, outputs, _ in block.events
+                     if name in ("click", "change") and outputs == [preset] and inputs == [preset]]
+    return handlers
+
+
+@pytest.mark.parametrize("model,family", [
+    (None, None), ("sd1", "sd1"), (_dit_model(joint=4), "sd3"), (_dit_model(forge=True, double=3, single=2), "flux"),
+    (types.SimpleNamespace(cond_stage_model=None, chunk_length=75), None),  # Forge's FakeInitialModel
+])
+def test_preset_dropdown_offers_the_loaded_models_presets(env, model, family):
+    from lib_asag import layers, ui as asag_ui
+    env.shared.sd_model = env.shared.sd_model if model == "sd1" else model
+    ui = _build_ui(env)
+    preset = ui["script_txt2img_asag_preset"]
+    assert preset.choices == list(asag_ui.PRESET_CHOICES)  # gradio 4 accepts only values built in
+    assert preset.value == (layers.default_preset(family) if family else None)
+    want = list(layers.PRESETS[family]) if family else list(asag_ui.PRESET_CHOICES)
+    handlers = _refresh_handlers(ui)
+    assert len(handlers) == 2
+    for refresh in handlers:
+        for current in ("middle", "all", None):
+            update = refresh(current)
+            assert update["choices"] == want
+            assert update["value"] == (current if current in want else None)
+
+
+def test_refresh_follows_a_model_change_and_never_breaks_the_ui(env):
+    ui = _build_ui(env)
+    refresh = _refresh_handlers(ui)[0]
+    assert refresh("middle")["choices"] == ["middle", "middle + output.3-5", "all"]
+    env.shared.sd_model = _dit_model(joint=24)
+    assert refresh("middle") == {"__type__": "update", "choices": ["joint.7-9", "all"], "value": None}
+
+    class Loading:  # a model half-built by the host's loading thread
+        @property
+        def model(self):
+            raise RuntimeError("still loading")
+
+    env.shared.sd_model = Loading()
+    assert refresh("all")["value"] == "all"
+
+
+def test_picking_a_preset_fills_the_layers_box_and_a_refresh_leaves_it(env):
+    ui = _build_ui(env)
+    preset, layer_box = ui["script_txt2img_asag_preset"], ui["script_txt2img_asag_layers"]
+    [(fn, inputs)] = [(fn, inputs) for name, fn, inputs, outputs, _ in preset.events
+                      if name == "change" and outputs == [layer_box]]
+    assert inputs == [preset, layer_box]
+    assert fn("middle + output.3-5", "input.7") == "middle + output.3-5"
+    assert fn(None, "input.7") == "input.7"  # a refresh cleared a selection the new family lacks
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Infotext: written as A1111 writes generation parameters, read back as it parses them
 
 def _infotext_line(values: dict) -> str:
@@ -212,6 +299,50 @@ def test_bad_args_log_clearly_and_give_a_normal_image(env, bad, reason, caplog):
     assert reason in p.extra_generation_params[asag_params.ERROR_KEY]  # in the API response's info/infotext
     assert p.comments  # the message is shown with the result too
     assert _asag_callbacks(env) == []
+
+
+def _readme_check() -> str:
+    """The README's "did ASAG run?" expression, as its Python example writes it."""
+    match = re.search(r"^asag_ran = (.+)$", (ROOT / "README.md").read_text(), re.M)
+    assert match, "README's API example no longer sets asag_ran"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("request_args,ran", [
+    ([True, "x"], False),                               # the message names the field: scale
+    ([True, 2.0, "", 3, 1.0, 0.8, 0.2], False),         # start after end
+    ([{"enabled": True, "scale": 2.0, "layers": "output.9"}], False),
+    ([True, 2.5], True),
+    ([True, 2.5, "output.0-5"], True),                  # ran, with output.4-5 noted as skipped
+    ([False, 2.5], False),
+])
+def test_the_readme_check_reads_the_api_response_right(env, request_args, ran):
+    """Reads /sdapi's `info` (modules/processing.py Processed.js) the way README says; an error message that
+    names a field must not make it say yes, nor may the infotext text contain a key inside the message."""
+    from modules.processing import Processed
+    p = _p(env)
+    generate(env, p, _api_args(env, request_args), H.make_case(env.shared.sd_model, steps=1))
+    info = json.loads(Processed(p, [None]).js())
+    assert eval(_readme_check(), {"info": info}) is ran, info
+    if not ran and request_args[0] is not False:
+        assert asag_params.ERROR_KEY in info["extra_generation_params"]
+        assert "ASAG scale" not in info["infotexts"][0]  # not even as a word of the message
+
+
+def test_skipped_layers_are_noted_and_pasting_the_note_is_harmless(env):
+    p = _p(env)
+    generate(env, p, _args(env, enabled=True, layers="middle, output.0-5"), H.make_case(env.shared.sd_model, steps=1))
+    assert p.extra_generation_params == {"ASAG scale": 3.0, "ASAG layers": "middle, output.0-5",
+                                         asag_params.NOTE_KEY: "output.4-5 not in this model, skipped"}
+    pasted = _parse_infotext(_infotext_line({"Steps": 20, **p.extra_generation_params}))
+    assert pasted[asag_params.NOTE_KEY] == "output.4-5 not in this model, skipped"
+    restored = [reader(pasted) for _, reader in env.script.infotext_fields]
+    assert restored[:3] == [True, 3.0, "middle, output.0-5"]
+    assert asag_params.NOTE_KEY not in env.script.paste_field_names
+    refused = _p(env)  # a layer of which nothing exists: no note, an error, no ASAG
+    generate(env, refused, _args(env, enabled=True, layers="output.0-5, input.2"),
+             H.make_case(env.shared.sd_model, steps=1))
+    assert set(refused.extra_generation_params) == {asag_params.ERROR_KEY}
 
 
 def test_the_api_host_copies_the_request_args_like_modules_api(env):

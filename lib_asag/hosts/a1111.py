@@ -526,7 +526,7 @@ class Adapter(AdapterBase):
             return [refusal]
         available = layers.find_self_attention(_unet(sd_model))
         try:
-            layers.resolve_layers(params.layer_spec(layers.model_family(sd_model, available)), available)
+            asag_params.resolve_and_note(p, params, layers.model_family(sd_model, available), available)
         except layers.LayerSpecError as e:
             return [f"{e}. Generating without ASAG."]
         kind = SD3JointAttention if getattr(sd_model, "is_sd3", False) else UNetSelfAttention

@@ -494,7 +494,7 @@ class Adapter(AdapterBase):
         family = families.by_model(diffusion_model) if is_dit else None
         family_name = family.name if family is not None else layers.model_family(sd_model, available)
         try:
-            refs = layers.resolve_layers(params.layer_spec(family_name), available)
+            refs = asag_params.resolve_and_note(p, params, family_name, available)
         except layers.LayerSpecError as e:
             return [f"{e}. Generating without ASAG."]
         clone = unet.clone()

@@ -281,3 +281,31 @@ def test_xyz_plot_offers_the_asag_axes(page, tab):
         for label in ("ASAG scale", "ASAG layers", "ASAG iterations", "ASAG epsilon"):
             assert label in labels, (axis, labels)
     assert page.locator(f"#script_{tab}_xyz_plot_x_type input").input_value() == "ASAG scale"
+
+
+def test_preset_list_follows_the_loaded_model(page):
+    """Issue 15.5: on a UNet the preset list has no DiT presets once the model is known. Forge loads its model on
+    the first generation, so one is made first; ticking ASAG (and the 🔄 button) refreshes the list; picking a
+    preset fills Layers, a refresh leaves what was typed there."""
+    tab = "txt2img"
+    open_tab(page, tab)
+    small_image_settings(page, tab)
+    generate(page, tab, "asag browser test, load the model")
+    set_enabled(page, tab, True)
+    preset = f"#{asag_id(tab, 'preset')}"
+    for _ in range(20):  # the refresh is a server round trip
+        labels = dropdown_options(page, preset)
+        if "joint.7-9" not in labels:
+            break
+        page.wait_for_timeout(500)
+    assert "middle" in labels and "all" in labels, labels
+    assert not {"joint.7-9", "double.7-9"} & set(labels), labels
+    box = page.locator(f"#{asag_id(tab, 'layers')}").locator("textarea, input[type=text]").first
+    box.fill("input.7")
+    box.press("Tab")
+    page.locator(f"#{asag_id(tab, 'preset_refresh')}").click()
+    page.wait_for_timeout(1000)
+    assert box.input_value() == "input.7"
+    dropdown_options(page, preset, choose="all")
+    page.wait_for_function("(sel) => gradioApp().querySelector(sel).value === 'all'",
+                           arg=f"#{asag_id(tab, 'layers')} textarea", timeout=30_000)

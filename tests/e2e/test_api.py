@@ -4,8 +4,10 @@ negative prompts, hires fix, interrupt / skip."""
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -117,6 +119,23 @@ def test_layers_the_model_lacks_are_reported(webui, plain):
     assert got.status == 200
     assert got.pixels() == plain().pixels()
     assert "ASAG scale" not in got.params() and "ASAG error" in got.params()
+
+
+def _readme_check() -> str:
+    """The README's "did ASAG run?" expression, as its Python example writes it (`asag_ran = ...`)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return re.search(r"^asag_ran = (.+)$", readme, re.M).group(1)
+
+
+@pytest.mark.parametrize("args,ran", [([True, "x"], False), ([True, 2.0, "", 3, 1.0, 0.8, 0.2], False),
+                                      ([True, 3.0, "all"], True)], ids=["scale is text", "start after end", "on"])
+def test_the_readme_check_tells_whether_asag_ran(webui, args, ran):
+    """The error for `[true, "x"]` names the field; the README's check must still say no (issue 15.4)."""
+    got = webui.txt2img(args)
+    assert got.status == 200, got.body
+    assert eval(_readme_check(), {"info": got.info}) is ran, got.info.get("extra_generation_params")
+    if not ran:
+        assert "ASAG scale" not in got.infotexts[0], got.infotexts[0]
 
 
 def test_args_as_an_object_is_a_host_error(webui):

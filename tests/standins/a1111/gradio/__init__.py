@@ -67,6 +67,11 @@ class Radio(Dropdown):
     pass
 
 
+class Button(Component):
+    def __init__(self, value: Any = "Run", **kwargs: Any):
+        super().__init__(value, **kwargs)
+
+
 class HTML(Component):
     pass
 

@@ -1,5 +1,7 @@
 """Stand-in of modules/ui_components.py (A1111 1.7+): InputAccordion, a hidden Checkbox whose value is the
-accordion's open state, used as `with InputAccordion(False, label=...) as enabled:`."""
+accordion's open state, used as `with InputAccordion(False, label=...) as enabled:`; ToolButton, the small
+emoji button (v1.8.0 bef51aed / v1.10.1, Forge dfdcbab6: a gr.Button with the "tool" class; `tooltip` is
+accepted by every component through modules/gradio_extensons.py)."""
 from __future__ import annotations
 
 import gradio as gr
@@ -20,3 +22,9 @@ class InputAccordion(gr.Checkbox):
 
     def __exit__(self, *exc):
         self.accordion.__exit__(*exc)
+
+
+class ToolButton(gr.Button):
+    def __init__(self, *args, elem_classes=None, tooltip=None, **kwargs):
+        super().__init__(*args, elem_classes=["tool", *(elem_classes or [])], **kwargs)
+        self.tooltip = tooltip
