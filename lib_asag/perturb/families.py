@@ -92,7 +92,8 @@ ROWS: tuple[Family, ...] = (
            models=(("modules.models.sd3.mmdit", "MMDiT"), ("backend.nn.mmditx", "MMDiTX")),
            blocks={"joint": "joint_blocks"},
            block_classes=(("modules.models.sd3.mmdit", "JointBlock"), ("backend.nn.mmditx", "JointBlock")),
-           layout=FLAT, requires=("block_mixing",), extra_attentions="x_block.attn2 (MMDiT-X)"),
+           layout=FLAT, requires=("block_mixing",), extra_attentions="x_block.attn2 (MMDiT-X)",
+           fork_attentions=(("attention_function", FUNCTION),)),  # ersatzForge mmditx.py: no `attention` left
     # Flux: Forge backend/nn/flux.py, attention(q, k, v, pe) = apply_rope + attention_function. The same global
     # in ersatzForge fca12a2 (RoPE inline, same maths as its apply_rope; blocks fill preallocated scratch q/k/v)
     # and Forge Neo (attention(q, k, v, pe, mask=None, transformer_options={}); Neo builds this class for Flux.2
@@ -108,7 +109,47 @@ ROWS: tuple[Family, ...] = (
            models=(("backend.nn.chroma", "IntegratedChromaTransformer2DModel"),),
            blocks=_FLUX_BLOCKS,
            block_classes=(("backend.nn.chroma", "DoubleStreamBlock"), ("backend.nn.chroma", "SingleStreamBlock")),
+           layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope"),
+           fork_attentions=(("attention_function", FUNCTION),)),
+    # ---- the forks' families (docs/hosts-forks.md: files, commits, block counts, why these defaults)
+    # Anima and Cosmos-Predict2: ersatzForge backend/nn/cosmos_predict2.py MiniTrainDIT; Forge Neo
+    # backend/nn/anima.py Anima(MiniTrainDIT). Block.self_attn and Block.cross_attn both call the module's
+    # attention_function (head-major, after per-head QK-norm; RoPE for self-attention only): only self_attn's
+    # calls are perturbed. 28 blocks (Anima, Predict2 2B).
+    Family("anima", {"block.7-9": "block.7-9", "block.3-5": "block.3-5", "all": "all"}, label="Anima",
+           models=(("backend.nn.cosmos_predict2", "MiniTrainDIT"), ("backend.nn.anima", "Anima"),
+                   ("backend.nn.anima", "IntegratedAnimaTransformer"), ("backend.nn.anima", "MiniTrainDIT")),
+           blocks={"block": "blocks"},
+           block_classes=(("backend.nn.cosmos_predict2", "Block"), ("backend.nn.anima", "Block")),
+           attention="attention_function", layout=FUNCTION, within="self_attn"),
+    # Flux.2 (dev, Klein): ersatzForge backend/nn/flux2.py imports flux's `attention` (so its blocks look up
+    # flux2's own global, flux's function). Only 5-8 double blocks (Klein 4B: double.0-4).
+    Family("flux2", {"double.1-3": "double.1-3", "single.1-3": "single.1-3", "all": "all"}, label="Flux.2",
+           flags=("is_flux2",), models=(("backend.nn.flux2", "IntegratedFlux2Transformer2DModel"),),
+           blocks=_FLUX_BLOCKS,
+           block_classes=(("backend.nn.flux2", "DoubleStreamBlock"), ("backend.nn.flux2", "SingleStreamBlock")),
            layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope")),
+    # Lumina 2 and Z-Image: ersatzForge backend/nn/lumina2.py Lumina2DiT, Forge Neo backend/nn/lumina.py NextDiT.
+    # `layers` run on [text, image] (the single-modality refiners are left out); JointAttention calls the
+    # module's attention_function head-major after QK-norm, RoPE and the grouped-query repeat.
+    Family("lumina2", {"layer.7-9": "layer.7-9", "all": "all"}, label="Lumina 2 / Z-Image",
+           models=(("backend.nn.lumina2", "Lumina2DiT"), ("backend.nn.lumina", "NextDiT")),
+           blocks={"layer": "layers"},
+           block_classes=(("backend.nn.lumina2", "JointTransformerBlock"), ("backend.nn.lumina", "JointTransformerBlock")),
+           attention="attention_function", layout=FUNCTION),
+    # Wan 2.1 / 2.2 (text to image): ersatzForge backend/nn/wan.py WanModel. Self- and cross-attention of a
+    # WanAttentionBlock both call `optimized_attention` (flat): only self_attn's calls are perturbed.
+    Family("wan", {"block.7-9": "block.7-9", "all": "all"}, label="Wan", flags=("is_wan",),
+           models=(("backend.nn.wan", "WanModel"),),
+           blocks={"block": "blocks"},
+           block_classes=(("backend.nn.wan", "WanAttentionBlock"),),
+           attention="optimized_attention", layout=FUNCTION, within="self_attn"),
+    # Qwen-Image: Forge Neo backend/nn/qwen.py; one joint (txt first) flat attention_function call per block.
+    Family("qwen_image", {"transformer.7-9": "transformer.7-9", "all": "all"}, label="Qwen-Image",
+           models=(("backend.nn.qwen", "QwenImageTransformer2DModel"),),
+           blocks={"transformer": "transformer_blocks"},
+           block_classes=(("backend.nn.qwen", "QwenImageTransformerBlock"),),
+           attention="attention_function", layout=FUNCTION),
 )
 
 FAMILIES: dict[str, Family] = {row.name: row for row in ROWS}
