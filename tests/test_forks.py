@@ -14,7 +14,6 @@ import importlib.util
 import math
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -385,3 +384,32 @@ def test_startup_line_names_the_fork(standins, host, expected):
     from lib_asag import hosts
     assert hosts.detect_host() == "forge_backend"
     assert hosts.startup_line() == expected
+
+
+def test_block_cache_on_a_unet_keeps_the_perturbed_pass_uncached(fork, monkeypatch):
+    """The same cache patches IntegratedUNet2DConditionModel.forward for SD1.x / SDXL: ASAG's call runs the
+    original forward (the cache's function sees the host's calls only), in a separate call."""
+    forge = fork("ersatzforge")
+    batch_mode(monkeypatch, "batched")
+    unet_module = importlib.import_module("backend.nn.unet")
+    cls = unet_module.IntegratedUNet2DConditionModel
+    original, seen = cls.forward, []
+
+    class BlockCache:  # real: extensions-builtin/ersatz_1stblocktea/scripts/blockcache.py
+        original_forward_unet = original
+        active = True
+
+    namespace = {"BlockCache": BlockCache, "original": original, "seen": seen, "__name__": "blockcache"}
+    exec("def patched_forward_unet_fbc(self, *args, **kwargs):\n"
+         "    seen.append(len(args[0]))\n"
+         "    return original(self, *args, **kwargs)\n", namespace)
+    monkeypatch.setattr(cls, "forward", namespace["patched_forward_unet_fbc"])
+    base = importlib.import_module("backend.diffusion_engine.base")
+    sd_model = base.tiny_sd_model("sd1")
+    sampler = importlib.import_module("modules.sd_samplers_cfg_denoiser").Sampler(sd_model)
+    p = importlib.import_module("modules.processing").StableDiffusionProcessing(sd_model, sampler)
+    assert forge.Adapter("forge_backend").setup(p, ASAGParams(enabled=True)) == []
+    run_step(p)
+    assert seen == [2 * B]  # the host's cond + uncond call; ASAG's call ran the original forward
+    assert [c["cond_or_uncond"] for c in p.sd_model.forge_objects.unet.model.calls] == [[0, 1], [0]]
+    assert cls.forward is namespace["patched_forward_unet_fbc"]
