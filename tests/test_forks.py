@@ -413,3 +413,21 @@ def test_block_cache_on_a_unet_keeps_the_perturbed_pass_uncached(fork, monkeypat
     assert seen == [2 * B]  # the host's cond + uncond call; ASAG's call ran the original forward
     assert [c["cond_or_uncond"] for c in p.sd_model.forge_objects.unet.model.calls] == [[0, 1], [0]]
     assert cls.forward is namespace["patched_forward_unet_fbc"]
+
+
+def test_neo_row_indices_cover_the_appended_rows(fork, monkeypatch):
+    """Forge Neo's calc_cond_uncond_batch puts per-row `cond_mark` / `cond_indices` into transformer_options:
+    in the batched call the appended perturbed rows are cond rows there too."""
+    forge = fork("neo")
+    batch_mode(monkeypatch, "batched")
+    p = processing("neo", "lumina2")
+    assert forge.Adapter("forge_backend").setup(p, ASAGParams(enabled=True, layers="layer.0")) == []
+    model = p.sd_model.forge_objects.unet.model
+    apply_model, seen = model.apply_model, []
+    monkeypatch.setattr(model, "apply_model", lambda x, t, **c: seen.append(c["transformer_options"])
+                        or apply_model(x, t, **c))
+    run_step(p)
+    options = seen[0]
+    assert options["cond_or_uncond"] == [0, 1, 0]
+    assert options["cond_indices"] == [0, 1, 4, 5] and options["uncond_indices"] == [2, 3]
+    assert options["cond_mark"].tolist() == [0, 0, 1, 1, 0, 0]

@@ -33,8 +33,11 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
     transformer_options["cond_or_uncond"] = cond_or_uncond[:]
     transformer_options["sigmas"] = timestep
     transformer_options["cond_mark"] = torch.tensor([kind for kind in cond_or_uncond for _ in range(len(timestep))]).to(timestep)
-    transformer_options["cond_indices"] = [i for i, kind in enumerate(cond_or_uncond) if kind == COND]
-    transformer_options["uncond_indices"] = [i for i, kind in enumerate(cond_or_uncond) if kind == UNCOND]
+    rows = len(timestep)  # compute_cond_indices: the rows of each chunk, not the chunk numbers
+    transformer_options["cond_indices"] = [i * rows + r for i, kind in enumerate(cond_or_uncond) if kind == COND
+                                           for r in range(rows)]
+    transformer_options["uncond_indices"] = [i * rows + r for i, kind in enumerate(cond_or_uncond)
+                                             if kind == UNCOND for r in range(rows)]
     c = {"c_crossattn": context, "transformer_options": transformer_options}
     control = to_run[-1][0].get("control")  # the batched entries' ControlNet (can_concat_cond: same object)
     if control is not None:
