@@ -371,6 +371,8 @@ def test_unknown_transformer_names_the_model_and_the_host(fork, monkeypatch):
     p = importlib.import_module("modules.processing").StableDiffusionProcessing(sd_model, sampler)
     messages = forge.Adapter("forge_backend").setup(p, ASAGParams(enabled=True))
     assert len(messages) == 1 and "ERNIEImageModel" in messages[0] and "without ASAG" in messages[0], messages
+    assert "(host: ersatzForge (commit unknown: no .git)). Generating without ASAG." in messages[0], messages
+    assert "Anima" in messages[0]  # what it does know
     assert p.sd_model.forge_objects.unet is p.sd_model.forge_objects_original.unet
 
 

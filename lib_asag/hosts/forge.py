@@ -517,8 +517,9 @@ class Adapter(AdapterBase):
             return (f"ASAG supports diffusion transformers ({type(diffusion_model).__name__}) on Forge's backend/ "
                     "only, not on ldm_patched hosts. Generating without ASAG.")
         refusal = dit.refusal(diffusion_model, {ref: m for ref, m in available.items() if ref.is_dit})
-        if refusal is not None and refusal.endswith("Generating without ASAG."):  # say where: fork and commit
-            refusal = f"{refusal[:-len('Generating without ASAG.')]}(host: {describe_host(self.name)}) Generating without ASAG."
+        tail = ". Generating without ASAG."
+        if refusal is not None and refusal.endswith(tail):  # say where: the fork and its commit
+            refusal = f"{refusal[:-len(tail)]} (host: {describe_host(self.name)}){tail}"
         return refusal
 
     def teardown(self, p: Any = None) -> None:
