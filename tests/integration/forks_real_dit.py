@@ -267,6 +267,71 @@ def check_case(api, family, spec, targets, cond_scale, n_conds, seed, mode="batc
             "term_max": round(term, 5), "error_max": error, "tol": tol}
 
 
+def check_block_cache(api, webui: str) -> dict:
+    """ersatzForge's own First Block Cache (extensions-builtin/ersatz_1stblocktea/scripts/blockcache.py, loaded
+    by path as the script loader does) on the real MiniTrainDIT: over 3 steps the cache serves the host's call
+    from its residual, while ASAG's perturbed call runs in full every step (Sinkhorn in the chosen block each
+    time), takes no cache slot, is never batched, and the cache's class patch is back after every call."""
+    import importlib.util
+    from lib_asag import sinkhorn
+    from lib_asag.hosts.forge import Adapter
+    from lib_asag.params import ASAGParams
+    path = os.path.join(webui, "extensions-builtin", "ersatz_1stblocktea", "scripts", "blockcache.py")
+    spec = importlib.util.spec_from_file_location("blockcache", path)
+    blockcache = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blockcache)
+    diffusion_model, predictor, channels, width = build("anima", 7)
+    model = api.KModel(model=diffusion_model, diffusers_scheduler=None, k_predictor=predictor, config=None)
+    shared = api.UnetPatcher(model.eval(), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=shared), is_sd3=False, is_flux=False,
+                               is_cosmos_predict2=True, is_webui_legacy_model=lambda: False)
+    p = SimpleNamespace(sd_model=sd_model, sampler=SimpleNamespace(model_wrap_cfg=SimpleNamespace(step=0, total_steps=3)),
+                        extra_generation_params={}, is_hr_pass=False, steps=3, hr_second_pass_steps=0,
+                        comment=lambda text: None)
+    cache = blockcache.BlockCache()
+    cls = type(diffusion_model)
+    cache.process(p, True, "First Block Cache", 1e9, 1, 0, False)  # threshold high: cache whenever it may
+    cache.process_before_every_sampling(p, True)
+    patched = cls.forward
+    assert patched.__name__ == "patched_forward_cosmos_fbc", patched
+    runs: list[int] = []
+    original_heads = sinkhorn.adversarial_sinkhorn_attention_heads
+    sinkhorn.adversarial_sinkhorn_attention_heads = lambda *a, **k: runs.append(1) or original_heads(*a, **k)
+    handler = ModeLines()
+    logging.getLogger("asag").addHandler(handler)
+    os.environ.pop("ASAG_BATCH", None)
+    try:
+        assert Adapter("forge_backend").setup(p, ASAGParams(enabled=True, layers="block.1")) == []
+        clone = sd_model.forge_objects.unet
+        g = torch.Generator().manual_seed(8)
+        x = torch.randn(B, channels, 8, 8, generator=g)
+        uncond = [make_cond(api.condition, "anima", torch.randn(B, TXT, width, generator=g), g)]
+        cond = [make_cond(api.condition, "anima", torch.randn(B, TXT, width, generator=g), g)]
+        per_step = []
+        for step, sigma in enumerate((0.9, 0.6, 0.3)):
+            p.sampler.model_wrap_cfg.step = step
+            before = len(runs)
+            with torch.no_grad():
+                api.sampling.sampling_function_inner(clone.model, x, torch.full((B,), sigma), uncond, cond, 4.0,
+                                                     clone.model_options, seed=0)
+            per_step.append(len(runs) - before)
+            assert cls.forward is patched, "the cache's patch was not put back"
+        Adapter("forge_backend").teardown(p)
+        state = SimpleNamespace(slots=len(blockcache.BlockCache.residual), skipped=list(blockcache.BlockCache.skipped),
+                                steps=blockcache.BlockCache.this_step)  # postprocess deletes them
+    finally:
+        sinkhorn.adversarial_sinkhorn_attention_heads = original_heads
+        logging.getLogger("asag").removeHandler(handler)
+        cache.postprocess(p, None, True)
+    assert cls.forward is blockcache.BlockCache.original_forward_cosmos
+    assert per_step == [1, 1, 1], per_step  # block 1's self-attention, once per step
+    assert state.slots == 1, state  # one cache slot: the host's cond/uncond call only
+    assert state.steps == 3 and sum(state.skipped) >= 1, state  # and the cache served that call
+    assert handler.lines and "First Block Cache" in handler.lines[0], handler.lines
+    return {"sinkhorn_per_step": per_step, "cache_slots": state.slots, "cache_skipped": state.skipped,
+            "mode": handler.lines[0]}
+
+
 FULL_WIDTH = ("flux", "chroma")  # about 1.3 / 2.4 GB each in float32
 CASES = [("anima", "block.1", ["blocks.1.self_attn"], 4.0, 1),
          ("anima", "block.0-1", ["blocks.0.self_attn", "blocks.1.self_attn"], 1.0, 2),
@@ -295,9 +360,11 @@ def main(webui: str, repo: str, families: list[str]) -> None:
     assert hosts.detect_host() == "forge_backend", hosts.detect_host()
     results = [check_case(api, *case, seed=i, mode=mode) for i, case in enumerate(CASES) if case[0] in families
                for mode in ("batched", "separate")]
+    block_cache = check_block_cache(api, webui) if "anima" in families else None
     host_file = sys.modules["backend.sampling.sampling_function"].__file__
     assert host_file.startswith(os.path.abspath(webui)), host_file
-    print(json.dumps({"host": "ersatzForge", "host_file": host_file, "cases": results}))
+    print(json.dumps({"host": "ersatzForge", "host_file": host_file, "cases": results, "block_cache": block_cache,
+                      "startup": hosts.startup_line()}))
 
 
 if __name__ == "__main__":

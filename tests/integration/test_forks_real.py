@@ -44,4 +44,6 @@ def test_asag_on_ersatzforge_model_classes():
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(last)
     assert report["cases"] and all(case["term_max"] > 0 for case in report["cases"])
+    if any(case["family"] == "anima" for case in report["cases"]):  # ersatzForge's own First Block Cache
+        assert report["block_cache"]["sinkhorn_per_step"] == [1, 1, 1]
     print(json.dumps(report, indent=1))
