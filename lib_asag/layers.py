@@ -1,8 +1,10 @@
 """Which self-attention layers ASAG perturbs: names, the grammar users type, presets per family.
 
 In a UNet a layer is one `attn1` of a `BasicTransformerBlock` (ldm, sgm, ldm_patched and Forge's
-backend all share the module layout). In a diffusion transformer it is the joint attention of one
-block: `joint_blocks.N` (MMDiT: SD3, SD3.5), `double_blocks.N` / `single_blocks.N` (Flux, Chroma).
+backend all share the module layout). In a diffusion transformer it is the self-attention of one
+block, a direct child list of the model (lib_asag/perturb/families.py): `joint_blocks.N` (MMDiT: SD3,
+SD3.5), `double_blocks.N` / `single_blocks.N` (Flux, Flux.2, Chroma), `blocks.N` (Anima / Cosmos-Predict2,
+Wan: their `self_attn` only), `layers.N` (Lumina 2, Z-Image), `transformer_blocks.N` (Qwen-Image).
 Users name them as
 
     middle            every transformer block of the middle block
@@ -12,6 +14,7 @@ Users name them as
     input.7.1         input block 7, transformer block 1
     joint.7-9         MMDiT joint blocks 7, 8 and 9
     double.0-18       Flux/Chroma double-stream blocks; single.0-37 likewise
+    block.7-9         Anima / Wan blocks; layer.7-9 Lumina 2 / Z-Image; transformer.7-9 Qwen-Image
     all               everything
 
 comma (or semicolon) separated; `in`/`down`, `mid`, `out`/`up` are accepted as aliases. A full module
@@ -101,11 +104,14 @@ def layers_from_module_names(names: Iterable[str]) -> list[LayerRef]:
 
 
 def find_self_attention(diffusion_model: torch.nn.Module) -> dict[LayerRef, torch.nn.Module]:
-    """Every UNet attn1 module, or every DiT block (joint/double/single), of a model, keyed by LayerRef."""
+    """Every UNet attn1 module, or every DiT block (joint/double/single/...), of a model, keyed by LayerRef.
+
+    DiT blocks count only as direct children of the model's block lists: a UNet's `...transformer_blocks.0`
+    or Anima's text adapter `llm_adapter.blocks.0` (Forge Neo) are no DiT blocks."""
     found = {}
     for name, module in diffusion_model.named_modules():
         ref = layer_from_module_name(name)
-        if ref is not None:
+        if ref is not None and not (ref.is_dit and name != ref.module_path):
             found[ref] = module
     return dict(sorted(found.items()))
 

@@ -18,7 +18,10 @@ log = logging.getLogger("asag")
 
 def _load_adapter():
     try:
-        return hosts.get_adapter()
+        adapter = hosts.get_adapter()
+        # print, not log: the WebUIs leave the root logger at WARNING, and this line is for every user's console
+        print(hosts.startup_line())
+        return adapter
     except Exception:  # a broken adapter must not break the WebUI's script loading
         log.exception("ASAG: no adapter for this WebUI; ASAG is unavailable")
         return None

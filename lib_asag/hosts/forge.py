@@ -53,6 +53,7 @@ from .. import guidance, layers, params as asag_params
 from ..perturb import dit, families, unet as perturb_unet
 from ..perturb.proof import SinkhornCalls
 from ..perturb.rows import is_interrupt
+from . import caches, describe_host
 from .base import AdapterBase, edit_model_refusal, log_mode, report_failure, switched_off
 
 log = logging.getLogger("asag")
@@ -254,7 +255,8 @@ def _separate_prediction(session: _Session, args: dict) -> torch.Tensor:
         options = with_attn1_replace(options, session.patches(calls))
     if getattr(options.get("model_function_wrapper"), "asag", False):
         del options["model_function_wrapper"]  # ours (top level is a copy): nothing to append to this call
-    with torch.no_grad(), session.perturbed_blocks(calls):
+    options = caches.without_cache_options(options)  # Forge Neo's First Block Cache: not for this call
+    with torch.no_grad(), session.perturbed_blocks(calls), caches.uncached(args["model"].diffusion_model):
         perturbed = session.calc_cond(args["model"], args["cond"], args["input"], args["sigma"], options)
     calls.check(session.refs)  # a chosen layer/block that ran no Sinkhorn: no term, an error in the response
     return perturbed
@@ -312,6 +314,9 @@ def _unbatchable_call(session: _Session, args: dict) -> str | None:
     c, x = args["c"], args["input"]
     if c.get("control") is not None:
         return "ControlNet"
+    cache = caches.active(session.clone.model.diffusion_model, {"transformer_options": c.get("transformer_options", {})})
+    if cache is not None:
+        return f"{cache} is on (it would serve the perturbed rows from its cache)"
     attn1 = c.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
     for ref in (session.refs if session.blocks is None else ()):
         if ref.patch_key in attn1 or ref.patch_key[:2] in attn1:
@@ -455,8 +460,8 @@ def _unsupported(sd_model: Any, diffusion_model: Any, available: dict) -> str | 
         return refusal
     if not available:
         kind = type(diffusion_model).__name__
-        return (f"ASAG needs self-attention layers (a SD1.x / SD2.x / SDXL UNet, or SD3 / Flux / Chroma blocks); "
-                f"this model ({kind}) has none. Generating without ASAG.")
+        return (f"ASAG needs self-attention layers (a SD1.x / SD2.x / SDXL UNet, or {' / '.join(families.dit_titles())} "
+                f"blocks); this model ({kind}) has none. Generating without ASAG.")
     return None
 
 
@@ -488,7 +493,7 @@ class Adapter(AdapterBase):
         available = layers.find_self_attention(diffusion_model)
         is_dit = any(ref.is_dit for ref in available)
         refusal = _unsupported(sd_model, diffusion_model, available) or (
-            self._dit_refusal(diffusion_model, available) if is_dit else None)
+            self._dit_refusal(diffusion_model, available) if is_dit else None) or caches.refusal(diffusion_model)
         if refusal:
             return [refusal]
         family = families.by_model(diffusion_model) if is_dit else None
@@ -511,7 +516,11 @@ class Adapter(AdapterBase):
         if self.name != "forge_backend":
             return (f"ASAG supports diffusion transformers ({type(diffusion_model).__name__}) on Forge's backend/ "
                     "only, not on ldm_patched hosts. Generating without ASAG.")
-        return dit.refusal(diffusion_model, {ref: m for ref, m in available.items() if ref.is_dit})
+        refusal = dit.refusal(diffusion_model, {ref: m for ref, m in available.items() if ref.is_dit})
+        tail = ". Generating without ASAG."
+        if refusal is not None and refusal.endswith(tail):  # say where: the fork and its commit
+            refusal = f"{refusal[:-len(tail)]} (host: {describe_host(self.name)}){tail}"
+        return refusal
 
     def teardown(self, p: Any = None) -> None:
         """Idempotent. Disarms the post-CFG function and puts the original patcher back if ours is still set.

@@ -30,7 +30,7 @@ import torch
 
 from .. import sinkhorn
 from . import families
-from .families import FLAT, HEADS_ROPE, Family
+from .families import FLAT, FUNCTION, HEADS_ROPE, Family
 from .proof import SinkhornCalls
 from .rows import Rows, is_interrupt, mixed_rows
 
@@ -41,26 +41,38 @@ def _name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__name__}"
 
 
+def call_site(family: Family, module: types.ModuleType | None) -> tuple[str, str] | None:
+    """(function name, layout) the family's blocks call in this module: the first of the row's call sites the
+    module defines (lllyasviel Forge / A1111 name one, a fork another), or None."""
+    return next(((name, layout) for name, layout in family.call_sites() if callable(getattr(module, name, None))),
+                None)
+
+
 def refusal(diffusion_model: torch.nn.Module, blocks: Mapping[Hashable, torch.nn.Module]) -> str | None:
     """Why these blocks of this model cannot be perturbed, or None (checked before anything is patched)."""
     family = families.by_model(diffusion_model)
     if family is None:
-        return (f"ASAG does not know this diffusion transformer ({type(diffusion_model).__name__}). "
-                "Generating without ASAG.")
+        return (f"ASAG does not know this diffusion transformer ({type(diffusion_model).__name__}); it knows "
+                f"{', '.join(families.dit_titles())}. Generating without ASAG.")
     if not blocks:
-        return f"ASAG found no {family.name.upper()} transformer blocks in this model. Generating without ASAG."
+        return f"ASAG found no {family.title} transformer blocks in this model. Generating without ASAG."
     unknown = sorted({_name(block) for block in blocks.values() if families.by_block(block) is not family})
     if unknown:
-        return (f"ASAG does not know this {family.name.upper()} implementation (transformer blocks "
+        return (f"ASAG does not know this {family.title} implementation (transformer blocks "
                 f"{', '.join(unknown)}). Generating without ASAG.")
+    if family.within and not all(isinstance(getattr(b, family.within, None), torch.nn.Module) for b in blocks.values()):
+        return (f"ASAG does not know this {family.title} implementation (its blocks have no `{family.within}`). "
+                "Generating without ASAG.")
     for module_name in sorted({type(block).__module__ for block in blocks.values()}):
         module = sys.modules.get(module_name)
-        for name in (family.attention, *family.requires):
-            if not callable(getattr(module, name, None)):
-                return (f"ASAG does not know this {family.name.upper()} implementation ({module_name} has no "
-                        f"module-level `{name}`). Generating without ASAG.")
-    if family.rope is not None and not callable(getattr(sys.modules.get(family.rope[0]), family.rope[1], None)):
-        return f"{family.rope[0]}.{family.rope[1]} not found. Generating without ASAG."
+        site = call_site(family, module)
+        missing = [name for name in family.requires if not callable(getattr(module, name, None))]
+        if site is None or missing:
+            names = " or ".join(f"`{name}`" for name, _ in family.call_sites()) if site is None else f"`{missing[0]}`"
+            return (f"ASAG does not know this {family.title} implementation ({module_name} has no module-level "
+                    f"{names}). Generating without ASAG.")
+        if site[1] == HEADS_ROPE and not callable(getattr(sys.modules.get(family.rope[0]), family.rope[1], None)):
+            return f"{family.rope[0]}.{family.rope[1]} not found. Generating without ASAG."
     return None
 
 
@@ -102,21 +114,22 @@ def _host_flat(original: Callable, tensors: tuple, constants: dict) -> torch.Ten
 
 
 def _parse_heads_rope(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    """attention(q, k, v, pe): the positional encoding is per row when it has the batch's rows."""
+    """attention(q, k, v, pe[, mask=None, transformer_options=...]) (Forge Neo passes the keywords); the
+    positional encoding is per row when it has the batch's rows."""
     kwargs = dict(kwargs)
     if len(args) == 3 and "pe" in kwargs:
         args = (*args, kwargs.pop("pe"))
-    if len(args) != 4 or kwargs:
+    if len(args) != 4 or set(kwargs) - {"mask", "transformer_options"} or kwargs.get("mask") is not None:
         return None
     q, k, v, pe = args
     if isinstance(pe, torch.Tensor) and pe.ndim > 0 and pe.shape[0] == q.shape[0] != 1:
-        return (q, k, v, pe), {}
-    return (q, k, v), {"pe": pe}
+        return (q, k, v, pe), {"kwargs": kwargs}
+    return (q, k, v), {"pe": pe, "kwargs": kwargs}
 
 
 def _host_heads_rope(original: Callable, tensors: tuple, constants: dict) -> torch.Tensor:
     q, k, v, pe = (*tensors, constants["pe"]) if "pe" in constants else tensors
-    return original(q, k, v, pe=pe)
+    return original(q, k, v, pe=pe, **constants["kwargs"])
 
 
 def _sinkhorn_heads_rope(apply_rope: Callable) -> Callable:
@@ -129,6 +142,34 @@ def _sinkhorn_heads_rope(apply_rope: Callable) -> Callable:
     return attend
 
 
+_FUNCTION_ARGS = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
+
+
+def _parse_function(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """attention_function(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, ...) with any of
+    them by position or keyword, plus Neo's `transformer_options`; a mask or a head-major output is not ours."""
+    if len(args) > len(_FUNCTION_ARGS) or set(kwargs) & set(_FUNCTION_ARGS[:len(args)]):
+        return None
+    bound = {**dict(zip(_FUNCTION_ARGS, args)), **kwargs}
+    if (set(bound) - set(_FUNCTION_ARGS) - {"transformer_options"} or not {"q", "k", "v", "heads"} <= set(bound)
+            or bound.get("mask") is not None or bound.get("skip_output_reshape")):
+        return None
+    rest = {key: value for key, value in bound.items() if key not in ("q", "k", "v")}
+    return (bound["q"], bound["k"], bound["v"]), {"heads": bound["heads"], "rest": rest}
+
+
+def _sinkhorn_function(tensors: tuple, constants: dict, iterations: int, epsilon: float) -> torch.Tensor:
+    if not constants["rest"].get("skip_reshape"):
+        return _sinkhorn_flat(tensors, constants, iterations, epsilon)
+    out = sinkhorn.adversarial_sinkhorn_attention_heads(*tensors, iterations=iterations, epsilon=epsilon)
+    batch, heads, n, dim_head = out.shape
+    return out.transpose(1, 2).reshape(batch, n, heads * dim_head)
+
+
+def _host_function(original: Callable, tensors: tuple, constants: dict) -> torch.Tensor:
+    return original(*tensors, **constants["rest"])
+
+
 def _flat(family: Family) -> tuple[Callable, Callable, Callable]:
     return _parse_flat, _sinkhorn_flat, _host_flat
 
@@ -138,21 +179,26 @@ def _heads_rope(family: Family) -> tuple[Callable, Callable, Callable]:
     return _parse_heads_rope, _sinkhorn_heads_rope(apply_rope), _host_heads_rope
 
 
-# Call layout (families.py Family.layout) -> (parse, sinkhorn, host) for one family. A family whose blocks call
-# their attention function another way adds its triple here.
-LAYOUTS: dict[str, Callable[[Family], tuple[Callable, Callable, Callable]]] = {FLAT: _flat, HEADS_ROPE: _heads_rope}
+def _function(family: Family) -> tuple[Callable, Callable, Callable]:
+    return _parse_function, _sinkhorn_function, _host_function
 
 
-def _layout(family: Family) -> tuple[Callable, Callable, Callable]:
-    if family.layout not in LAYOUTS:
-        raise ValueError(f"unknown attention layout {family.layout!r} for family {family.name}")
-    return LAYOUTS[family.layout](family)
+# Call layout (families.py Family.layout / fork_attentions) -> (parse, sinkhorn, host) for one family. A family
+# whose blocks call their attention function another way adds its triple here.
+LAYOUTS: dict[str, Callable[[Family], tuple[Callable, Callable, Callable]]] = {
+    FLAT: _flat, HEADS_ROPE: _heads_rope, FUNCTION: _function}
 
 
-def _dispatcher(original: Callable, family: Family, running: _Running, calls: SinkhornCalls, rows: Rows | None,
-                iterations: int, epsilon: float) -> Callable:
+def _layout(family: Family, layout: str) -> tuple[Callable, Callable, Callable]:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown attention layout {layout!r} for family {family.name}")
+    return LAYOUTS[layout](family)
+
+
+def _dispatcher(original: Callable, family: Family, layout: str, running: _Running, calls: SinkhornCalls,
+                rows: Rows | None, iterations: int, epsilon: float) -> Callable:
     """A stand-in for the module's attention function: Sinkhorn inside chosen blocks, `original` elsewhere."""
-    parse, attend, host = _layout(family)
+    parse, attend, host = _layout(family, layout)
 
     def attention(*args: Any, **kwargs: Any) -> torch.Tensor:
         key = running.current()
@@ -214,12 +260,17 @@ def perturbed_blocks(blocks: Mapping[Hashable, torch.nn.Module], *, iterations: 
             module = sys.modules[type(block).__module__]
             if any(m is module for m, *_ in swapped):
                 continue
-            original = getattr(module, family.attention)
-            dispatcher = _dispatcher(original, family, running, calls, rows, iterations, epsilon)
-            setattr(module, family.attention, dispatcher)
-            swapped.append((module, family.attention, original, dispatcher))
+            site = call_site(family, module)
+            if site is None:
+                raise RuntimeError(f"{module.__name__} has no module-level attention function ASAG knows")
+            name, layout = site
+            original = getattr(module, name)
+            dispatcher = _dispatcher(original, family, layout, running, calls, rows, iterations, epsilon)
+            setattr(module, name, dispatcher)
+            swapped.append((module, name, original, dispatcher))
         for key, block in blocks.items():
-            handles.extend(_hooks(key, block, running))
+            family = families.by_block(block)
+            handles.extend(_hooks(key, getattr(block, family.within) if family.within else block, running))
         yield calls
     finally:
         for handle in handles:

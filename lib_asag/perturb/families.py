@@ -15,8 +15,15 @@ from typing import Callable, Mapping
 # How the blocks call their module-level attention function.
 FLAT = "flat"              # attention(q, k, v, heads, mask=None): q/k (B, N, heads*d), v (B, N, heads*d) or
                            # (B, N, heads, d) -> (B, N, heads*d)   (MMDiT: A1111 mmdit.py, Forge mmditx.py)
-HEADS_ROPE = "heads_rope"  # attention(q, k, v, pe): head-major (B, heads, N, d) after QK-norm, RoPE applied by
-                           # the function itself (`rope` below) -> (B, N, heads*d)   (Flux, Chroma)
+HEADS_ROPE = "heads_rope"  # attention(q, k, v, pe[, mask=None, transformer_options=...]): head-major (B, heads, N, d)
+                           # after QK-norm, RoPE applied by the function itself (`rope` below) -> (B, N, heads*d)
+                           # (Flux, Chroma; Forge Neo adds the keyword arguments)
+FUNCTION = "function"      # backend/attention.py attention_function(q, k, v, heads, mask=None, attn_precision=None,
+                           # skip_reshape=False[, skip_output_reshape=False, transformer_options=...]) called
+                           # directly: head-major (B, heads, N, d) when skip_reshape, else flat (B, N, heads*d);
+                           # QK-norm and RoPE already applied by the caller -> (B, N, heads*d)
+                           # (ersatzForge and Forge Neo model files)
+
 ClassRef = tuple[str, str]  # (module, class name) as type(obj).__module__, type(obj).__name__
 
 
@@ -31,9 +38,16 @@ class Family:
     blocks: Mapping[str, str] = field(default_factory=dict)  # user prefix -> attribute ("joint" -> "joint_blocks")
     block_classes: tuple[ClassRef, ...] = ()    # the block classes whose attention calls are dispatched
     attention: str = "attention"                # module-level function the blocks call, in their class's module
-    layout: str = FLAT                          # call layout of that function (FLAT / HEADS_ROPE)
+    layout: str = FLAT                          # call layout of that function (FLAT / HEADS_ROPE / FUNCTION)
+    # The same family as a fork ships it: (function, layout) tried in order when the block's module has no
+    # `attention` (ersatzForge's chroma.py / mmditx.py call `attention_function` directly).
+    fork_attentions: tuple[tuple[str, str], ...] = ()
+    within: str = ""                            # hook this submodule of a chosen block instead of the block:
+                                                # only calls made inside it are perturbed (Anima, Wan: the same
+                                                # global serves `self_attn` and `cross_attn`)
     rope: tuple[str, str] | None = None         # (module, function) the dispatcher applies first (HEADS_ROPE)
     requires: tuple[str, ...] = ()              # other module-level names the block module must define
+    label: str = ""                             # the family's name in messages (default: name in capitals)
     extra_attentions: str = ""                  # other calls of the same function inside a chosen block
     # Which calls of the function inside a chosen block are perturbed, from the call's (args, kwargs); None =
     # every call. For families whose blocks reach one global for self- and cross-attention (Cosmos/Anima:
@@ -48,6 +62,14 @@ class Family:
     @property
     def is_dit(self) -> bool:
         return bool(self.blocks)
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name.upper()
+
+    def call_sites(self) -> tuple[tuple[str, str], ...]:
+        """(module-level function, layout) the blocks may call, in the order a block's module is searched."""
+        return ((self.attention, self.layout), *self.fork_attentions)
 
 
 _UNET_PRESETS = {"middle": "middle", "middle + output.3-5": "middle, output.3-5", "all": "all"}
@@ -70,19 +92,64 @@ ROWS: tuple[Family, ...] = (
            models=(("modules.models.sd3.mmdit", "MMDiT"), ("backend.nn.mmditx", "MMDiTX")),
            blocks={"joint": "joint_blocks"},
            block_classes=(("modules.models.sd3.mmdit", "JointBlock"), ("backend.nn.mmditx", "JointBlock")),
-           layout=FLAT, requires=("block_mixing",), extra_attentions="x_block.attn2 (MMDiT-X)"),
-    # Flux: Forge backend/nn/flux.py, attention(q, k, v, pe) = apply_rope + attention_function.
-    Family("flux", _FLUX_PRESETS, flags=("is_flux",),
+           layout=FLAT, requires=("block_mixing",), extra_attentions="x_block.attn2 (MMDiT-X)",
+           fork_attentions=(("attention_function", FUNCTION),)),  # ersatzForge mmditx.py: no `attention` left
+    # Flux: Forge backend/nn/flux.py, attention(q, k, v, pe) = apply_rope + attention_function. The same global
+    # in ersatzForge fca12a2 (RoPE inline, same maths as its apply_rope; blocks fill preallocated scratch q/k/v)
+    # and Forge Neo (attention(q, k, v, pe, mask=None, transformer_options={}); Neo builds this class for Flux.2
+    # / Klein checkpoints too, so there they are this row: `double.N` / `single.N`).
+    Family("flux", _FLUX_PRESETS, flags=("is_flux",), label="Flux",
            models=(("backend.nn.flux", "IntegratedFluxTransformer2DModel"),),
            blocks=_FLUX_BLOCKS,
            block_classes=(("backend.nn.flux", "DoubleStreamBlock"), ("backend.nn.flux", "SingleStreamBlock")),
            layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope")),
-    # Chroma: backend/nn/chroma.py imports flux's `attention`, so its blocks look up chroma's own global.
-    Family("chroma", _FLUX_PRESETS, flags=("is_chroma",),
+    # Chroma: Forge dfdcbab6 backend/nn/chroma.py imports flux's `attention`, so its blocks look up chroma's own
+    # global; ersatzForge's chroma.py applies RoPE inline and calls its own `attention_function` (head-major).
+    Family("chroma", _FLUX_PRESETS, flags=("is_chroma",), label="Chroma",
            models=(("backend.nn.chroma", "IntegratedChromaTransformer2DModel"),),
            blocks=_FLUX_BLOCKS,
            block_classes=(("backend.nn.chroma", "DoubleStreamBlock"), ("backend.nn.chroma", "SingleStreamBlock")),
+           layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope"),
+           fork_attentions=(("attention_function", FUNCTION),)),
+    # ---- the forks' families (docs/hosts-forks.md: files, commits, block counts, why these defaults)
+    # Anima and Cosmos-Predict2: ersatzForge backend/nn/cosmos_predict2.py MiniTrainDIT; Forge Neo
+    # backend/nn/anima.py Anima(MiniTrainDIT). Block.self_attn and Block.cross_attn both call the module's
+    # attention_function (head-major, after per-head QK-norm; RoPE for self-attention only): only self_attn's
+    # calls are perturbed. 28 blocks (Anima, Predict2 2B).
+    Family("anima", {"block.7-9": "block.7-9", "block.3-5": "block.3-5", "all": "all"}, label="Anima",
+           models=(("backend.nn.cosmos_predict2", "MiniTrainDIT"), ("backend.nn.anima", "Anima"),
+                   ("backend.nn.anima", "IntegratedAnimaTransformer"), ("backend.nn.anima", "MiniTrainDIT")),
+           blocks={"block": "blocks"},
+           block_classes=(("backend.nn.cosmos_predict2", "Block"), ("backend.nn.anima", "Block")),
+           attention="attention_function", layout=FUNCTION, within="self_attn"),
+    # Flux.2 (dev, Klein): ersatzForge backend/nn/flux2.py imports flux's `attention` (so its blocks look up
+    # flux2's own global, flux's function). Only 5-8 double blocks (Klein 4B: double.0-4).
+    Family("flux2", {"double.1-3": "double.1-3", "single.1-3": "single.1-3", "all": "all"}, label="Flux.2",
+           flags=("is_flux2",), models=(("backend.nn.flux2", "IntegratedFlux2Transformer2DModel"),),
+           blocks=_FLUX_BLOCKS,
+           block_classes=(("backend.nn.flux2", "DoubleStreamBlock"), ("backend.nn.flux2", "SingleStreamBlock")),
            layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope")),
+    # Lumina 2 and Z-Image: ersatzForge backend/nn/lumina2.py Lumina2DiT, Forge Neo backend/nn/lumina.py NextDiT.
+    # `layers` run on [text, image] (the single-modality refiners are left out); JointAttention calls the
+    # module's attention_function head-major after QK-norm, RoPE and the grouped-query repeat.
+    Family("lumina2", {"layer.7-9": "layer.7-9", "all": "all"}, label="Lumina 2 / Z-Image",
+           models=(("backend.nn.lumina2", "Lumina2DiT"), ("backend.nn.lumina", "NextDiT")),
+           blocks={"layer": "layers"},
+           block_classes=(("backend.nn.lumina2", "JointTransformerBlock"), ("backend.nn.lumina", "JointTransformerBlock")),
+           attention="attention_function", layout=FUNCTION),
+    # Wan 2.1 / 2.2 (text to image): ersatzForge backend/nn/wan.py WanModel. Self- and cross-attention of a
+    # WanAttentionBlock both call `optimized_attention` (flat): only self_attn's calls are perturbed.
+    Family("wan", {"block.7-9": "block.7-9", "all": "all"}, label="Wan", flags=("is_wan",),
+           models=(("backend.nn.wan", "WanModel"),),
+           blocks={"block": "blocks"},
+           block_classes=(("backend.nn.wan", "WanAttentionBlock"),),
+           attention="optimized_attention", layout=FUNCTION, within="self_attn"),
+    # Qwen-Image: Forge Neo backend/nn/qwen.py; one joint (txt first) flat attention_function call per block.
+    Family("qwen_image", {"transformer.7-9": "transformer.7-9", "all": "all"}, label="Qwen-Image",
+           models=(("backend.nn.qwen", "QwenImageTransformer2DModel"),),
+           blocks={"transformer": "transformer_blocks"},
+           block_classes=(("backend.nn.qwen", "QwenImageTransformerBlock"),),
+           attention="attention_function", layout=FUNCTION),
 )
 
 FAMILIES: dict[str, Family] = {row.name: row for row in ROWS}
@@ -106,10 +173,15 @@ def _key(obj: object) -> ClassRef:
 
 
 def by_model(diffusion_model: object) -> Family | None:
-    """The DiT family whose model class this is (the class decides: Forge's Flux and Chroma engines set no
-    `is_flux` / `is_chroma` flag, backend/diffusion_engine/flux.py, chroma.py), or None."""
-    key = _key(diffusion_model)
-    return next((row for row in ROWS if key in row.models), None)
+    """The DiT family whose model class (or a base class: Neo's Anima(MiniTrainDIT)) this is -- the class decides:
+    Forge's Flux and Chroma engines set no `is_flux` / `is_chroma` flag (backend/diffusion_engine/flux.py,
+    chroma.py) -- or None."""
+    for cls in type(diffusion_model).__mro__:
+        key = (cls.__module__, cls.__name__)
+        row = next((row for row in ROWS if key in row.models), None)
+        if row is not None:
+            return row
+    return None
 
 
 def by_block(block: object) -> Family | None:
@@ -117,3 +189,7 @@ def by_block(block: object) -> Family | None:
     key = _key(block)
     return next((row for row in ROWS if key in row.block_classes), None)
 
+
+def dit_titles() -> list[str]:
+    """The diffusion-transformer families ASAG knows, for messages."""
+    return [row.title for row in ROWS if row.is_dit]

@@ -84,6 +84,17 @@ def placeholder_torchvision(checkout: str) -> bool:
     return True
 
 
+class NeutralOpts(SimpleNamespace):
+    """WebUI options read at call time: ersatzForge's sampling_function reads prediction_scaling, cfg_rescale,
+    ... (neutral values); anything else reads as off."""
+
+    def __init__(self) -> None:
+        super().__init__(prediction_scaling=1.0, epsilon_scaling=1.0, cfg_normalization=0.0, cfg_rescale=0.0)
+
+    def __getattr__(self, name):
+        return 0
+
+
 def placeholder_webui_shared() -> bool:
     """reForge's ldm_patched imports the WebUI's `modules.shared` (for `opts` read at call time with getattr
     defaults on the path run here) and `modules.shared` imports gradio. Without gradio, register a placeholder
@@ -98,7 +109,8 @@ def placeholder_webui_shared() -> bool:
         for name in [n for n in sys.modules if n.startswith("modules.shared") or n == "gradio"]:
             del sys.modules[name]
     shared = types.ModuleType("modules.shared")
-    shared.opts = SimpleNamespace()
+    shared.opts = NeutralOpts()
+    shared.loaded_hypernetworks = []  # ersatzForge backend/nn/unet.py reads it in every attention block
     shared.state = SimpleNamespace(interrupted=False, skipped=False, sampling_step=0, sampling_steps=0)
     sys.modules["modules.shared"] = shared
     import modules
@@ -154,8 +166,16 @@ class Backend:
 
     def __init__(self, checkout: str):
         sys.path.insert(0, os.path.join(checkout, "packages_3rdparty"))  # as modules_forge/initialization.py does
+        sys.path.insert(0, os.path.join(checkout, "packages"))  # ersatzForge vendors its helpers there
+        if os.path.isfile(os.path.join(checkout, "backend", "nn", "cosmos_predict2.py")):
+            sys.argv[1:] = ["--always-cpu"]  # ersatzForge's backend.args parses the command line at import
         # A full WebUI tree also has `modules/` (the adapter reads modules.shared.state): placeholder if needed.
         self.shared_placeholder = placeholder_webui_shared()
+        shared = sys.modules.get("modules.shared")
+        if shared is not None and getattr(shared, "opts", None) is None:  # a full WebUI tree, not started
+            shared.opts = NeutralOpts()
+        if shared is not None and not hasattr(shared, "loaded_hypernetworks"):
+            shared.loaded_hypernetworks = []
         from backend import args as backend_args
         backend_args.args.always_cpu = True  # memory_management asserts CUDA otherwise
         from backend.modules.k_prediction import Prediction
@@ -383,8 +403,11 @@ def main(checkout: str, repo: str) -> None:
     assert source.startswith(os.path.abspath(repo)), source
     dit = None
     if is_backend:
-        import forge_real_dit
-        dit = forge_real_dit.run(api, Adapter)
+        if os.path.isfile(os.path.join(checkout, "backend", "nn", "cosmos_predict2.py")):
+            dit = "ersatzForge: its own DiT classes are checked by forks_real_dit.py"
+        else:
+            import forge_real_dit
+            dit = forge_real_dit.run(api, Adapter)
     print(json.dumps({"host": api.host, "version": api.version, "host_file": host_file, "cases": results,
                       "placeholders": [n for n in ("torchvision", "shared") if getattr(api, f"{n}_placeholder", False)],
                       "refusal": check_refusal(api, Adapter), "dit": dit}))

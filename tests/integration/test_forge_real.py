@@ -52,7 +52,7 @@ def test_asag_on_real_forge_sampling(checkout):
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(last)
     assert [case["mode"] for case in report["cases"]] == ["separate"] * 5 + ["batched"] * 3
-    if report["host"] == "forge_backend":  # Flux, Chroma, SD3.5 transformers (forge_real_dit.py)
+    if report["host"] == "forge_backend" and isinstance(report["dit"], dict):  # forge_real_dit.py (dfdcbab6)
         assert {case["model"] for case in report["dit"]["cases"]} == {
             "IntegratedFluxTransformer2DModel", "IntegratedChromaTransformer2DModel", "MMDiTX"}
         assert sorted({case["mode"] for case in report["dit"]["cases"]}) == ["batched", "separate"]
