@@ -91,9 +91,10 @@ def image_only_sinkhorn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
 def image_identity_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, heads: int,
                              n_text: int) -> torch.Tensor:
-    """diffusers' PAG on joint attention (`PAGJointAttnProcessor2_0`): the image x image block of the
-    score matrix is -inf except its diagonal, so an image query attends to itself and to every text key;
-    text rows are untouched. (B, N, heads*d), text first."""
+    """diffusers' PAG on joint attention (`PAGJointAttnProcessor2_0`, src/diffusers/models/attention_processor.py
+    at 58eb52c0): the image x image block of the score matrix is -inf except its diagonal, so an image query
+    attends to itself and to every text key; text rows are untouched. diffusers puts the image tokens first;
+    here (B, N, heads*d) is text first, as the hosts' MMDiT and Flux blocks concatenate it."""
     batch, n_tokens, inner = q.shape
     _check(n_text, n_tokens)
     mask = torch.zeros(n_tokens, n_tokens, dtype=q.dtype, device=q.device)
