@@ -27,8 +27,9 @@ def test_listed_in_scripts_and_script_info(webui):
     assert sorted(s["is_img2img"] for s in info) == [False, True]
     for s in info:
         assert s["is_alwayson"]
-        assert len(s["args"]) == 10
-        assert [a["value"] for a in s["args"]] == [False, 3.0, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same"]
+        assert len(s["args"]) == 11
+        assert [a["value"] for a in s["args"]] == [False, 3.0, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same",
+                                                   "image"]
 
 
 # --- disabled / enabled --------------------------------------------------------------------------------------
@@ -71,11 +72,11 @@ def test_png_info_returns_the_asag_fields(webui):
 
 @pytest.mark.parametrize("form", [
     [{"enabled": True, "scale": 3.0, "layers": "all"}],
-    [True, 3.0, "all", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same"],
-    # Both hosts' /sdapi copy at most the script's own 10 args (modules/api/api.py init_script_args): the
-    # 11th and 12th are dropped and ASAG runs with the first 10.
-    [True, 3.0, "all", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same", "extra", 7],
-], ids=["named", "all ten", "too many"])
+    [True, 3.0, "all", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same", "image"],
+    # Both hosts' /sdapi copy at most the script's own 11 args (modules/api/api.py init_script_args): the
+    # 12th and 13th are dropped and ASAG runs with the first 11.
+    [True, 3.0, "all", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same", "image", "extra", 7],
+], ids=["named", "all eleven", "too many"])
 def test_arg_forms_give_the_same_image(webui, asag, form):
     got = webui.txt2img(form)
     assert got.status == 200
