@@ -127,30 +127,36 @@ def caller(model, base: dict):
     return lambda rows: model(**inputs(rows))
 
 
-def steps(model, blocks, call, cfg_rows):
-    from lib_asag import sinkhorn
+def steps(model, blocks, call, cfg_rows, scope):
+    from lib_asag import joint_scope, sinkhorn
     from lib_asag.perturb import dit
+    kernels = ((sinkhorn, "adversarial_sinkhorn_attention_heads", lambda q, k, v, **_: v),
+               (sinkhorn, "adversarial_sinkhorn_attention", lambda q, k, v, heads, **_: v.reshape(q.shape)),
+               (joint_scope, "image_only_sinkhorn_attention_heads", lambda q, k, v, **_: v),
+               (joint_scope, "image_only_sinkhorn_attention", lambda q, k, v, heads, **_: v.reshape(q.shape)))
+    options = dict(iterations=3, epsilon=1.0, scope=scope, model=model)
 
     def perturbed(kind, batched):
         def step():
-            if kind == "identity":  # PAG: the chosen blocks' attention output is V
-                saved = sinkhorn.adversarial_sinkhorn_attention_heads, sinkhorn.adversarial_sinkhorn_attention
-                sinkhorn.adversarial_sinkhorn_attention_heads = lambda q, k, v, **_: v
-                sinkhorn.adversarial_sinkhorn_attention = lambda q, k, v, heads, **_: v.reshape(q.shape)
+            if kind == "identity":  # PAG: the chosen blocks' attention output is V (same dispatcher, same scope)
+                saved = [getattr(owner, name) for owner, name, _ in kernels]
+                for owner, name, identity in kernels:
+                    setattr(owner, name, identity)
             try:
                 if batched:  # one call: cfg rows + the appended cond row, perturbed on that row only
                     rows = (cfg_rows + 1, cfg_rows, cfg_rows + 1)
-                    with dit.perturbed_blocks(blocks, iterations=3, epsilon=1.0, rows=rows) as calls:
+                    with dit.perturbed_blocks(blocks, rows=rows, **options) as calls:
                         out = call(cfg_rows + 1)
                     calls.check(blocks)
                     return out
                 out = call(cfg_rows)
-                with dit.perturbed_blocks(blocks, iterations=3, epsilon=1.0) as calls:
+                with dit.perturbed_blocks(blocks, **options) as calls:
                     extra = call(1)
                 calls.check(blocks)
             finally:
                 if kind == "identity":
-                    sinkhorn.adversarial_sinkhorn_attention_heads, sinkhorn.adversarial_sinkhorn_attention = saved
+                    for (owner, name, _), original in zip(kernels, saved):
+                        setattr(owner, name, original)
             return out, extra
         return step
 
@@ -175,6 +181,8 @@ def main() -> None:
     parser.add_argument("--sd3-depth", type=int, default=6, help="MMDiT depth (hidden = 64 * depth, heads = depth)")
     parser.add_argument("--sd3-text", type=int, default=154)
     parser.add_argument("--sd3-blocks", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--scope", default="image", choices=["image", "joint"],
+                        help="ASAG's DiT scope (lib_asag/params.py): image = the default since the DiT experiment")
     args = parser.parse_args()
     if not args.forge:
         sys.exit("--forge or ASAG_FORGE_PATH: a Forge backend/-era checkout")
@@ -182,11 +190,11 @@ def main() -> None:
     load_forge(args.forge)
     result: dict[str, object] = {"machine": platform.machine(), "cpu": platform.processor() or platform.platform(),
                                  "threads": args.threads, "torch": torch.__version__, "rounds": args.rounds,
-                                 "latent": args.latent, "image_tokens": (args.latent // 2) ** 2}
+                                 "latent": args.latent, "image_tokens": (args.latent // 2) ** 2, "scope": args.scope}
     for name in args.models:
         started = time.perf_counter()
         model, blocks, call, cfg_rows = (flux_setup if name == "flux" else sd3_setup)(args)
-        cases = steps(model, blocks, call, cfg_rows)
+        cases = steps(model, blocks, call, cfg_rows, args.scope)
         with torch.inference_mode():
             for fn in cases.values():
                 fn()  # warm up

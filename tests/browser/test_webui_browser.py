@@ -20,10 +20,10 @@ SCREENSHOT_ENV = "ASAG_BROWSER_SCREENSHOT"
 GENERATE_TIMEOUT_MS = 300_000  # one 64x64, 2-step image on CPU takes seconds; room for a busy machine
 LABELS = {"scale": "Scale", "rescale": "Rescale", "preset": "Layer preset", "layers": "Layers",
           "iterations": "Sinkhorn iterations", "epsilon": "Epsilon (temperature)", "start": "Start", "end": "End",
-          "adaptive": "Scale schedule", "hires": "Hires fix pass"}
+          "adaptive": "Scale schedule", "hires": "Hires fix pass", "scope": "Diffusion transformers: attention scope"}
 # Non-default values for every field, valid for SD1.x (output.3 has self-attention there).
 PASTED = dict(scale=4.5, layers="middle, output.3", iterations=7, epsilon=0.35, start=0.1, end=0.8,
-              adaptive="cosine", rescale=0.25, hires="off")
+              adaptive="cosine", rescale=0.25, hires="off", scope="joint")
 
 
 def js_hints() -> dict[str, str]:
