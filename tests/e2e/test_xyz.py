@@ -9,6 +9,15 @@ AXES = {"ASAG scale": ["1", "6"], "ASAG layers": ["middle", "all"], "ASAG iterat
         "ASAG epsilon": ["0.1", "10"]}
 
 
+def _values(webui, axis: str) -> list[str]:
+    """The axis values; a DiT's layers axis names two of its blocks ("joint.0, joint.1"), which every model of
+    the family has (a cell per block, the cells must differ)."""
+    if axis == "ASAG layers" and webui.is_dit:
+        prefix = webui.block_prefixes[0]
+        return [f"{prefix}.0", f"{prefix}.1"]
+    return AXES[axis]
+
+
 def _xyz(webui, tab: str):
     for script in webui.get("/sdapi/v1/script-info"):
         if script["name"] == "x/y/z plot" and script["is_img2img"] == (tab == "img2img"):
@@ -35,21 +44,25 @@ def _script_args(info, axis: str, values: list[str]) -> list:
 
 
 @pytest.mark.parametrize("axis", ["ASAG scale", "ASAG layers"])  # all four are checked as offered above
-def test_xyz_sweep(webui, axis):
+def test_xyz_sweep(webui, plain, axis):
     info = _xyz(webui, "txt2img")
     if axis not in info["args"][0]["choices"]:
         pytest.fail(f"{axis} not offered by the XYZ script (ui={webui.ui})")
-    values = AXES[axis]
-    base_layers = "all" if axis != "ASAG layers" else ""
+    values = _values(webui, axis)
+    base = webui.on("all" if axis != "ASAG layers" else "")
+    base[0] = False  # the axis turns ASAG on for its cells
+    # A UNet's layers axis runs with no ASAG args at all (the UI's defaults); a DiT needs its window (DIT_WINDOW).
+    scripts = {} if axis == "ASAG layers" and not webui.is_dit else {"ASAG": {"args": base}}
     got = webui.txt2img(None, script_name="x/y/z plot", script_args=_script_args(info, axis, values),
-                        prompt="a lighthouse at dusk", alwayson_scripts={} if axis == "ASAG layers" else
-                        {"ASAG": {"args": [False, 3.0, base_layers]}})
+                        prompt="a lighthouse at dusk", alwayson_scripts=scripts)
     assert got.status == 200, got.body
     # images: [grid, cell 1, cell 2]; infotexts alike
     cells = list(range(1, len(got.images)))
     assert len(cells) == len(values), (len(got.images), got.infotexts)
     pix = [got.pixels(i) for i in cells]
     assert len(set(pix)) == len(values), "cells are identical"
+    if webui.is_dit or axis != "ASAG layers":  # at 64 px an SD1.x "middle" cell is the plain image (one token)
+        assert plain().pixels() not in pix, "a cell is the image without ASAG"
     key = axis
     for i, value in zip(cells, values):
         params = got.params(i)
