@@ -84,5 +84,6 @@ def dit(webui):
 def unet(webui):
     """The server's model is a UNet (else the test is skipped)."""
     if webui.is_dit:
-        pytest.skip(f"{webui.family} checkpoint {webui.checkpoint!r}: this test names UNet layers (middle, output.N)")
+        pytest.skip(f"{webui.family} checkpoint {webui.checkpoint!r}: a UNet-only test (UNet layer names or the UNet "
+                    "default preset; the DiT counterparts are in test_dit.py)")
     return webui
