@@ -14,7 +14,8 @@ image x image block:
     P = sinkhorn.sinkhorn_plan(S_image,image, T, eps): the row-normalised adversarial plan of the block
 
 so an image query keeps its weights on the text keys exactly, and only the distribution of its
-remaining mass over image keys becomes the adversarial plan. Host-free: tensors in, tensors out.
+remaining mass over image keys becomes the adversarial plan. Host-free: tensors in, tensors out; float32
+inside whatever autocast the host samples under (`sinkhorn.owns_precision`).
 """
 from __future__ import annotations
 
@@ -46,12 +47,18 @@ def _text_part(q_img: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_text: in
     return torch.bmm(text_weights, v[:, :n_text]), mass
 
 
+@sinkhorn.owns_precision
 def image_only_sinkhorn_attention_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, n_text: int,
                                         iterations: int, epsilon: float, tol: float | None = None,
                                         chunk_mb: float = DEFAULT_CHUNK_MB) -> torch.Tensor:
     """Image-only ASAG on head-major joint tensors q, k, v: (B, heads, N, d), text tokens first.
 
     Returns (B, heads, N, d) in q's dtype (text rows: ordinary attention; image rows: see module doc)."""
+    return _image_only(q, k, v, n_text=n_text, iterations=iterations, epsilon=epsilon, tol=tol, chunk_mb=chunk_mb)
+
+
+def _image_only(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, n_text: int, iterations: int, epsilon: float,
+                tol: float | None, chunk_mb: float) -> torch.Tensor:
     batch, heads, n_tokens, dim_head = q.shape
     _check(n_text, n_tokens)
     q32, k32, v32 = (t.reshape(batch * heads, n_tokens, dim_head).to(torch.float32) for t in (q, k, v))
@@ -74,6 +81,7 @@ def image_only_sinkhorn_attention_heads(q: torch.Tensor, k: torch.Tensor, v: tor
     return out.reshape(batch, heads, n_tokens, dim_head).to(q.dtype)
 
 
+@sinkhorn.owns_precision
 def image_only_sinkhorn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, heads: int, n_text: int,
                                   iterations: int, epsilon: float, tol: float | None = None,
                                   chunk_mb: float = DEFAULT_CHUNK_MB) -> torch.Tensor:
@@ -84,8 +92,7 @@ def image_only_sinkhorn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     if inner % heads:
         raise ValueError(f"inner dim {inner} is not divisible by {heads} heads")
     split = [t.reshape(batch, t.shape[1], heads, inner // heads).transpose(1, 2) for t in (q, k, v)]
-    out = image_only_sinkhorn_attention_heads(*split, n_text=n_text, iterations=iterations, epsilon=epsilon,
-                                              tol=tol, chunk_mb=chunk_mb)
+    out = _image_only(*split, n_text=n_text, iterations=iterations, epsilon=epsilon, tol=tol, chunk_mb=chunk_mb)
     return out.transpose(1, 2).reshape(batch, n_tokens, inner)
 
 

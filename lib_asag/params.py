@@ -19,6 +19,9 @@ log = logging.getLogger("asag")
 
 FAMILIES: tuple[str, ...] = tuple(_FAMILY_TABLE)  # "sd1", "sd2", "sdxl", "sd3", "flux", "chroma", ... (the table)
 HIRES_MODES = ("same", "off")
+SCOPES = ("image", "joint")
+"""Diffusion transformers: Sinkhorn on the image x image block of a chosen block's joint attention only, or on
+the whole joint attention (text and image rows); docs/method.md 2b, chosen by docs/experiment.md (DiT)."""
 LIMITS = {"scale": (0.0, 30.0), "iterations": (0, 50), "epsilon": (1e-3, 1e3), "start": (0.0, 1.0),
           "end": (0.0, 1.0), "rescale": (0.0, 1.0)}
 
@@ -37,6 +40,7 @@ class ASAGParams:
     adaptive: str = "constant"  # scale schedule over the active range: constant, linear, cosine
     rescale: float = 0.0        # std-rescale blend (0 = off) applied after adding the ASAG term
     hires: str = "same"         # hires-fix second pass: "same" settings, or "off"
+    scope: str = "image"        # DiTs: "image" (image x image block of the joint attention) or "joint" (all of it)
 
     def validate(self) -> list[str]:
         """Human-readable problems with these values; empty when they are usable."""
@@ -55,6 +59,8 @@ class ASAGParams:
             errors.append(f"ASAG's adaptive must be one of {', '.join(ADAPTIVE_MODES)}, got {self.adaptive!r}")
         if self.hires not in HIRES_MODES:
             errors.append(f"ASAG's hires must be one of {', '.join(HIRES_MODES)}, got {self.hires!r}")
+        if self.scope not in SCOPES:
+            errors.append(f"ASAG's scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if not isinstance(self.layers, str):
             errors.append(f"ASAG's layers must be text, got {self.layers!r}")
         else:
@@ -64,6 +70,15 @@ class ASAGParams:
     def layer_spec(self, family: str) -> str:
         """The layer spec to resolve against the model: presets expanded for `family`."""
         return preset_spec(family, self.layers)
+
+    def for_family(self, family: str) -> "ASAGParams":
+        """These settings on a model of `family`: start 0 with end 1 (the defaults, what the UI shows before a
+        model is known and what the API fills in) mean the family's own window (0.01-0.15 for diffusion
+        transformers, the whole range for UNets); any other window is the user's. Unknown families: as is."""
+        row = _FAMILY_TABLE.get(family)
+        if row is None or (self.start, self.end) != (DEFAULTS.start, DEFAULTS.end):
+            return self
+        return replace(self, start=row.window[0], end=row.window[1])
 
 
 ARG_ORDER: tuple[str, ...] = tuple(f.name for f in fields(ASAGParams))
@@ -77,6 +92,10 @@ def defaults_for(family: str) -> ASAGParams:
         raise ValueError(f"unknown model family {family!r}; ASAG supports {', '.join(FAMILIES)}")
     row = _FAMILY_TABLE[family]
     return replace(DEFAULTS, scale=row.scale, start=row.window[0], end=row.window[1])
+
+
+DEFAULT_WINDOWS: frozenset[tuple[float, float]] = frozenset(row.window for row in _FAMILY_TABLE.values())
+"""Every family's default (start, end): a UI showing one of them has not been changed by the user."""
 
 
 _TRUE = {"true", "1", "yes", "on", "enabled", "enable"}
@@ -213,7 +232,13 @@ def resolve_and_note(p: Any, params: ASAGParams, family: str, available: Iterabl
     if resolution.skipped:
         note = f"{'; '.join(resolution.skipped)} not in this model, skipped" + (f" (from {origin})" if origin else "")
         log.warning("ASAG: layers %s; perturbing %s.", note, format_layers(resolution.layers))
-        extra = getattr(p, "extra_generation_params", None)
-        if isinstance(extra, dict):
-            extra[NOTE_KEY] = note
+        add_note(p, note)
     return resolution.layers
+
+
+def add_note(p: Any, note: str) -> None:
+    """Append to `ASAG note` in p's infotext (what ran differently from what was asked, ASAG still on)."""
+    extra = getattr(p, "extra_generation_params", None)
+    if isinstance(extra, dict):
+        notes = [n for n in str(extra.get(NOTE_KEY) or "").split("; ") if n]
+        extra[NOTE_KEY] = "; ".join(notes if note in notes else [*notes, note])

@@ -183,7 +183,7 @@ def _turn_autocast_off(stack: contextlib.ExitStack, device: torch.device) -> Non
         pass
 
 
-def _owns_precision(fn: _F) -> _F:
+def owns_precision(fn: _F) -> _F:
     """Run the Sinkhorn entry `fn` with autocast off for its input's device: inside a host's autocast the
     matrix products that do not write into float32 buffers would run in fp16/bf16, which is inexact and,
     on an attention sink, overflows and mixes dtypes (issue 15)."""
@@ -203,7 +203,7 @@ def _check(iterations: int, epsilon: float) -> None:
         raise ValueError(f"epsilon must be a positive finite number, got {epsilon}")
 
 
-@_owns_precision
+@owns_precision
 def sinkhorn_plan(scores: torch.Tensor, *, iterations: int, epsilon: float,
                   tol: float | None = None) -> torch.Tensor:
     """The row-normalised adversarial Sinkhorn plan for similarity `scores` of shape (..., N_q, N_k).
@@ -289,7 +289,7 @@ def _attend_fast(q_h: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor, factor
     return exact
 
 
-@_owns_precision
+@owns_precision
 def adversarial_sinkhorn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, heads: int,
                                    iterations: int, epsilon: float, tol: float | None = None,
                                    chunk_mb: float = DEFAULT_CHUNK_MB) -> torch.Tensor:
@@ -306,7 +306,7 @@ def adversarial_sinkhorn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     return _merge_heads(out, batch, heads, q.dtype)
 
 
-@_owns_precision
+@owns_precision
 def adversarial_sinkhorn_attention_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, iterations: int,
                                          epsilon: float, tol: float | None = None,
                                          chunk_mb: float = DEFAULT_CHUNK_MB) -> torch.Tensor:

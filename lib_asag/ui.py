@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from . import guidance, layers, params as asag_params
+from .perturb import families
 
 XYZ_ATTR = "asag_xyz"
 """Attribute an XYZ-plot axis sets on the (copied) processing object: {field: value}."""
@@ -18,6 +19,7 @@ XYZ_AXES: tuple[tuple[str, str, type], ...] = (
     ("ASAG layers", "layers", str),
     ("ASAG iterations", "iterations", int),
     ("ASAG epsilon", "epsilon", float),
+    ("ASAG scope", "scope", str),
 )
 
 PRESET_CHOICES: tuple[str, ...] = tuple(dict.fromkeys(name for presets in layers.PRESETS.values() for name in presets))
@@ -65,6 +67,20 @@ def refreshed_presets(loaded_model: Callable[[], Any]) -> Callable[[str | None],
         import gradio as gr
         choices = presets_for(_family_now(loaded_model))
         return gr.update(choices=choices, value=current if current in choices else None)
+
+    return refresh
+
+
+def refreshed_window(loaded_model: Callable[[], Any]) -> Callable[[float, float], tuple[dict, dict]]:
+    """Event handler: Start/End show the loaded model family's default window (0.01-0.15 for diffusion
+    transformers) while they hold some family's default, i.e. the user has not set a window of their own."""
+
+    def refresh(start: float, end: float) -> tuple[dict, dict]:
+        import gradio as gr
+        row = families.FAMILIES.get(_family_now(loaded_model) or "")
+        if row is None or (start, end) not in asag_params.DEFAULT_WINDOWS:
+            return gr.update(), gr.update()
+        return gr.update(value=row.window[0]), gr.update(value=row.window[1])
 
     return refresh
 
@@ -164,13 +180,16 @@ def build(elem_id: Callable[[str], str], is_img2img: bool, loaded_model: Callabl
                                 elem_id=elem_id("adaptive"))
             hires = gr.Radio(label="Hires fix pass", choices=list(asag_params.HIRES_MODES), value=d.hires,
                              visible=not is_img2img, elem_id=elem_id("hires"))
+        scope = gr.Radio(label="Diffusion transformers: attention scope", choices=list(asag_params.SCOPES),
+                         value=d.scope, elem_id=elem_id("scope"))
     preset.change(fn=_fill_layers, inputs=[preset, layer_box], outputs=[layer_box])
     for event in (refresh.click, enabled.change):  # both gradio 3.41 (A1111) and 4 (Forge) have these
         event(fn=refreshed_presets(loaded_model), inputs=[preset], outputs=[preset])
+        event(fn=refreshed_window(loaded_model), inputs=[start, end], outputs=[start, end])
 
     by_name = {"enabled": enabled, "scale": scale, "layers": layer_box, "iterations": iterations,
                "epsilon": epsilon, "start": start, "end": end, "adaptive": adaptive, "rescale": rescale,
-               "hires": hires}
+               "hires": hires, "scope": scope}
     components = [by_name[name] for name in asag_params.ARG_ORDER]
     fields = [(by_name[name], _paste(name)) for name in asag_params.ARG_ORDER]
     return ScriptUI(components, fields, list(asag_params.INFOTEXT_KEYS.values()))

@@ -79,6 +79,7 @@ class ASAGScript(scripts.Script):
 
     def postprocess_batch(self, p, *args, **kwargs):
         self._teardown(p)
+        _report_unguided(p, _ADAPTER.guided_steps if _ADAPTER is not None else 0)
 
     def postprocess(self, p, processed, *args):
         self._teardown(p)
@@ -91,6 +92,7 @@ class ASAGScript(scripts.Script):
         first_pass = not getattr(p, "is_hr_pass", False)
         if first_pass:  # the adapter notes skipped layers (ASAG note) in setup; drop an earlier batch's
             p.extra_generation_params.pop(asag_params.NOTE_KEY, None)
+            _ADAPTER.reset_count()
         messages = _ADAPTER.setup(p, params)
         if not first_pass:
             return
@@ -102,8 +104,8 @@ class ASAGScript(scripts.Script):
                 log.warning("ASAG: %s", message)
                 _comment(p, message)
             _report_off(p, messages)
-        else:
-            p.extra_generation_params.update(asag_params.to_infotext(params))
+        else:  # what ran: the window and scope resolved for the loaded model's family
+            p.extra_generation_params.update(asag_params.to_infotext(_ADAPTER.effective or params))
 
     def _teardown(self, p) -> None:
         if _ADAPTER is not None:
@@ -122,6 +124,35 @@ def _report_off(p, messages: list[str]) -> None:
     extra_generation_params do, in `info` and in every infotext. `ASAG error` without `ASAG scale` = off."""
     if messages and isinstance(getattr(p, "extra_generation_params", None), dict):
         p.extra_generation_params[asag_params.ERROR_KEY] = "; ".join(messages)
+
+
+def _report_unguided(p, guided_steps: int) -> None:
+    """A batch that ASAG was armed for but that got no ASAG step (its window held no sampling step, e.g. 4 steps
+    of a DiT at the default 0.01-0.15, or an interrupt before the first) must not say `ASAG scale`. Runs after
+    the batch's last pass and before its infotexts are written (modules/processing.py process_images_inner)."""
+    extra = getattr(p, "extra_generation_params", None)
+    scale_key = asag_params.INFOTEXT_KEYS["scale"]
+    if guided_steps or not isinstance(extra, dict) or scale_key not in extra or asag_params.ERROR_KEY in extra:
+        return
+    start = extra.get(asag_params.INFOTEXT_KEYS["start"], asag_params.DEFAULTS.start)
+    end = extra.get(asag_params.INFOTEXT_KEYS["end"], asag_params.DEFAULTS.end)
+    for key in asag_params.INFOTEXT_KEYS.values():
+        extra.pop(key, None)
+    message = (f"ASAG guided no sampling step: none fell in its active window {start:g}-{end:g} (a step is active "
+               "when start <= step / steps < end); widen Start/End or use more steps")
+    if _interrupted():
+        message = "ASAG guided no sampling step: the generation was interrupted first"
+    log.warning("ASAG: %s.", message)
+    _comment(p, message)
+    extra[asag_params.ERROR_KEY] = message
+
+
+def _interrupted() -> bool:
+    try:
+        from modules import shared
+        return bool(shared.state.interrupted or shared.state.skipped)
+    except Exception:
+        return False
 
 
 def _comment(p, text: str) -> None:

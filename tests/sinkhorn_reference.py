@@ -38,3 +38,22 @@ def sinkhorn_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                                  epsilon: float) -> torch.Tensor:
     """Adversarial Sinkhorn attention on projected q, k, v, float64."""
     return reference_attention(q, k, v, heads, lambda s: reference_plan(s, iterations, epsilon))
+
+
+def masked_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, n_text: int,
+                               block_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """float64 joint attention (B, N, heads*d), text tokens first, whose image x image block of
+    A = softmax(QK^T/sqrt(d)) is replaced by block_fn(A_ii, S_ii); every other entry of A is the model's."""
+    def weights(s: torch.Tensor) -> torch.Tensor:
+        a = torch.softmax(s, 1)
+        a[n_text:, n_text:] = block_fn(a[n_text:, n_text:], s[n_text:, n_text:])
+        return a
+    return reference_attention(q, k, v, heads, weights)
+
+
+def image_only_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, n_text: int,
+                                   iterations: int, epsilon: float) -> torch.Tensor:
+    """The image-only ASAG scope (docs/method.md 2b), float64: the image x image block of A becomes its row mass
+    times the adversarial plan of the image x image scores; text rows and image-to-text weights are kept."""
+    return masked_attention_reference(
+        q, k, v, heads, n_text, lambda a_ii, s_ii: a_ii.sum(1, keepdim=True) * reference_plan(s_ii, iterations, epsilon))

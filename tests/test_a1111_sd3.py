@@ -70,8 +70,13 @@ def _p(env, **kwargs):
     return StableDiffusionProcessingTxt2Img(**kwargs)
 
 
+EVERY_STEP = dict(start=0.0, end=0.99)
+"""A window holding every step of these short runs (start 0 with end 1 would mean SD3's default 0.01-0.15)."""
+
+
 def _params(**kwargs):
-    return ASAGParams(**{**dict(enabled=True, scale=2.0, layers=LAYERS, iterations=3, epsilon=0.6), **kwargs})
+    return ASAGParams(**{**dict(enabled=True, scale=2.0, layers=LAYERS, iterations=3, epsilon=0.6, **EVERY_STEP),
+                         **kwargs})
 
 
 def _asag_callbacks(env):
@@ -114,7 +119,8 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("mode", ["batched", "separate"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_sd3_guided_result_matches_independent_reference(env, layout, mode, monkeypatch):
+@pytest.mark.parametrize("scope", ["image", "joint"])
+def test_sd3_guided_result_matches_independent_reference(env, layout, mode, scope, monkeypatch):
     _batch_mode(monkeypatch, mode)
     case_kw, opts, model_kw = LAYOUTS[layout]
     model = _model(env, qk_norm=model_kw.get("qk_norm"))
@@ -122,11 +128,12 @@ def test_sd3_guided_result_matches_independent_reference(env, layout, mode, monk
     for key, value in opts.items():
         setattr(env.shared.opts, key, value)
     case = _case(model, **case_kw)
-    params = _params()
+    params = _params(scope=scope)
     got, messages, _ = _run(env, model, case, params)
     assert messages == []
     expected = H.reference_run(model, case, scale=params.scale, layer_paths=PATHS, iterations=params.iterations,
-                               epsilon=params.epsilon, pad="pad" in model_kw or "pad_cond_uncond" in opts)
+                               epsilon=params.epsilon, pad="pad" in model_kw or "pad_cond_uncond" in opts,
+                               scope=scope)
     without, _, _ = _run(env, model, case)
     torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
     assert (got - without).abs().max() > 1e-2  # ASAG really changed the result
@@ -153,7 +160,7 @@ def test_only_chosen_blocks_are_perturbed_and_only_on_the_perturbed_rows(env, mo
     monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention",
                         lambda q, *a, **k: sinkhorn_calls.append((running[-1], q.shape[0])) or sink(q, *a, **k))
 
-    got, _, _ = _run(env, model, case, _params(layers="joint.1"))
+    got, _, _ = _run(env, model, case, _params(layers="joint.1", scope="joint"))
     assert sinkhorn_calls == [(1, 2)]  # block 1 only, on the 2 perturbed rows only
     if mode == "separate":
         # main call: all 3 blocks reach the host's attention; extra call: blocks 0 and 2 only
@@ -213,8 +220,9 @@ def test_error_inside_perturbed_pass_turns_asag_off_and_unpatches(env, caplog, m
     if mode == "separate":  # anything failing in ASAG's own call
         model.model.diffusion_model.joint_blocks[2].register_forward_pre_hook(explode)
     else:  # in the host's call only ASAG's part can fail without failing the host: the Sinkhorn attention
-        from lib_asag import sinkhorn
+        from lib_asag import joint_scope, sinkhorn
         monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention", explode_sinkhorn)
+        monkeypatch.setattr(joint_scope, "image_only_sinkhorn_attention", explode_sinkhorn)
     p = _p(env, batch_size=2)
     env.host.Adapter().setup(p, _params())
     got = H.run_sampler(p, case)
@@ -385,3 +393,20 @@ def test_a_chosen_block_that_ran_no_sinkhorn_is_an_error_not_a_zero_term(env, mo
     assert "ASAG scale" not in p.extra_generation_params
     assert "joint.1" in p.extra_generation_params["ASAG error"]
     _assert_unpatched(env, model, original)
+
+
+def test_default_window_is_sd3s_and_counts_only_its_steps(env):
+    """Start 0 / end 1 (the UI and API defaults) resolve to SD3's 0.01-0.15 (docs/experiment.md, DiT): of 10
+    steps only step 1 (progress 0.1) is guided; the adapter says which window ran (the script writes that)."""
+    model = _model(env)
+    case = _case(model)
+    case.sigmas = torch.linspace(1.0, 0.0, 11)  # 10 steps
+    adapter = env.host.Adapter()
+    for params, guided in ((_params(start=0.0, end=1.0), 1), (_params(), 10)):
+        p = _p(env, batch_size=len(case.conds))
+        adapter.reset_count()
+        assert adapter.setup(p, params) == []
+        assert (adapter.effective.start, adapter.effective.end) == ((0.01, 0.15) if guided == 1 else (0.0, 0.99))
+        H.run_sampler(p, case)
+        adapter.teardown(p)
+        assert adapter.guided_steps == guided

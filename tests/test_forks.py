@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from lib_asag.params import ASAGParams
-from sinkhorn_reference import sinkhorn_attention_reference
+from asag_modes import float_tolerance
+from sinkhorn_reference import image_only_attention_reference, sinkhorn_attention_reference
 
 B, SIGMA, CFG = 2, 2.5, 5.0
 STANDINS = Path(__file__).resolve().parent / "standins"
@@ -85,7 +86,11 @@ def inputs(seed: int = 1):
     return x, torch.full((B,), SIGMA), torch.randn(B, 5, 8, generator=g), [torch.randn(B, 5, 8, generator=g)]
 
 
-def run_step(p, cond_scale=CFG, step=0, total=4):
+TEXT_TOKENS, IMAGE_TOKENS = 5, 16  # inputs(): 5 context tokens; an 8x8 latent in 2x2 patches
+
+
+def run_step(p, cond_scale=CFG, step=1, total=10):
+    """One model evaluation at progress step / total (0.1: inside a DiT's default window 0.01-0.15 and 0-1)."""
     denoiser = p.sampler.model_wrap_cfg
     denoiser.step, denoiser.total_steps = step, total
     x, sigma, uncond, cond = inputs()
@@ -100,9 +105,10 @@ def batch_mode(monkeypatch, mode):
         monkeypatch.delenv("ASAG_BATCH", raising=False)
 
 
-def reference_global(iterations, epsilon):
+def reference_global(iterations, epsilon, image_only=False):
     """Float64 Sinkhorn with the signature of backend.attention.attention_function (head-major when
-    skip_reshape, else flat with v possibly (B, N, heads, d))."""
+    skip_reshape, else flat with v possibly (B, N, heads, d)); `image_only`: on a joint call of TEXT_TOKENS +
+    IMAGE_TOKENS, the image-only scope (text first)."""
     def attention(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
                   **kwargs):
         assert mask is None and not skip_output_reshape
@@ -110,11 +116,14 @@ def reference_global(iterations, epsilon):
             q, k, v = (t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1) for t in (q, k, v))
         else:
             k, v = (t.reshape(q.shape[0], -1, q.shape[-1]) for t in (k, v))
+        assert q.shape[1] in (IMAGE_TOKENS, TEXT_TOKENS + IMAGE_TOKENS), q.shape
+        if image_only and q.shape[1] == TEXT_TOKENS + IMAGE_TOKENS:
+            return image_only_attention_reference(q, k, v, heads, TEXT_TOKENS, iterations, epsilon).to(q.dtype)
         return sinkhorn_attention_reference(q, k, v, heads, iterations, epsilon).to(q.dtype)
     return attention
 
 
-def reference_prediction(p, host, family, params, targets, cond_scale=CFG):
+def reference_prediction(p, host, family, params, targets, cond_scale=CFG, image_only=False):
     unet = p.sd_model.forge_objects_original.unet
     model = unet.model
     calc = importlib.import_module("backend.sampling.sampling_function").calc_cond_uncond_batch
@@ -127,7 +136,7 @@ def reference_prediction(p, host, family, params, targets, cond_scale=CFG):
     with torch.no_grad():
         d_c, d_u = calc(model, cond_list, [{"model_conds": {"c_crossattn": uncond}}], x, sigma, unet.model_options)
         original, flag = getattr(module, global_name), []
-        perturbed = reference_global(params.iterations, params.epsilon)
+        perturbed = reference_global(params.iterations, params.epsilon, image_only)
         setattr(module, global_name, lambda *a, **k: (perturbed if flag else original)(*a, **k))
         for target in chosen:
             def forward(*a, _target=target, **k):
@@ -176,19 +185,24 @@ CASES = [
 
 @pytest.mark.parametrize("host, family, spec, targets, cond_scale", CASES)
 @pytest.mark.parametrize("mode", ["batched", "separate"])
-def test_guided_prediction_equals_the_float64_reference(fork, host, family, spec, targets, cond_scale, mode,
+@pytest.mark.parametrize("scope", ["image", "joint"])
+def test_guided_prediction_equals_the_float64_reference(fork, host, family, spec, targets, cond_scale, mode, scope,
                                                         monkeypatch):
     forge = fork(host)
     batch_mode(monkeypatch, mode)
     p = processing(host, family)
-    params = ASAGParams(enabled=True, layers=spec, scale=2.5, iterations=3, epsilon=0.7)
+    params = ASAGParams(enabled=True, layers=spec, scale=2.5, iterations=3, epsilon=0.7, scope=scope)
     assert forge.Adapter("forge_backend").setup(p, params) == []
+    # Lumina 2 / Z-Image has no image-only scope: the whole joint attention runs, and the infotext says so
+    no_scope = scope == "image" and family == "lumina2"
+    assert ("not available" in p.extra_generation_params.get("ASAG note", "")) == no_scope
     got = run_step(p, cond_scale=cond_scale)
     calls = [c["cond_or_uncond"] for c in p.sd_model.forge_objects.unet.model.calls]
     normal = [0] if math.isclose(cond_scale, 1.0) else [0, 1]
     assert calls == ([normal + [0]] if mode == "batched" else [normal, [0]]), calls
-    expected, plain = reference_prediction(p, host, family, params, targets, cond_scale)
-    atol = 2e-5 * float(expected.abs().max())
+    expected, plain = reference_prediction(p, host, family, params, targets, cond_scale,
+                                           image_only=scope == "image" and not no_scope)
+    atol = float_tolerance(expected, family)
     assert float((expected - plain).abs().max()) > 100 * atol  # ASAG changes the prediction
     torch.testing.assert_close(got, expected.float(), atol=atol, rtol=1e-4)
     forge.Adapter("forge_backend").teardown(p)
@@ -197,20 +211,21 @@ def test_guided_prediction_equals_the_float64_reference(fork, host, family, spec
 
 def sinkhorn_runs(monkeypatch, model, names):
     """In which of the named modules lib_asag's Sinkhorn attention ran (hooks mark the running module)."""
-    from lib_asag import sinkhorn
+    from lib_asag import joint_scope, sinkhorn
     running, seen, handles = [], [], []
     for name, module in model.named_modules():
         if name in names:
             handles.append(module.register_forward_pre_hook(lambda *_, n=name: running.append(n)))
             handles.append(module.register_forward_hook(lambda *_: None if running.pop() else None))
-    for fn in ("adversarial_sinkhorn_attention", "adversarial_sinkhorn_attention_heads"):
-        original = getattr(sinkhorn, fn)
+    for owner, fn in ((sinkhorn, "adversarial_sinkhorn_attention"), (sinkhorn, "adversarial_sinkhorn_attention_heads"),
+                      (joint_scope, "image_only_sinkhorn_attention"), (joint_scope, "image_only_sinkhorn_attention_heads")):
+        original = getattr(owner, fn)
 
         def recording(*a, _original=original, **k):
             seen.append(running[-1] if running else None)
             return _original(*a, **k)
 
-        monkeypatch.setattr(sinkhorn, fn, recording)
+        monkeypatch.setattr(owner, fn, recording)
     return seen, handles
 
 
@@ -259,7 +274,8 @@ def test_ersatz_block_cache_never_serves_the_perturbed_pass(fork, batch, monkeyp
     cls = type(p.sd_model.forge_objects.unet.model.diffusion_model)
     try:
         assert cls.forward is blockcache.patched_forward_cosmos_fbc
-        assert forge.Adapter("forge_backend").setup(p, ASAGParams(enabled=True, layers="block.1")) == []
+        every_step = dict(start=0.0, end=0.99)  # 0-1 would mean Anima's default window, 0.01-0.15
+        assert forge.Adapter("forge_backend").setup(p, ASAGParams(enabled=True, layers="block.1", **every_step)) == []
         model = p.sd_model.forge_objects.unet.model
         seen, handles = sinkhorn_runs(monkeypatch, model.diffusion_model, ["blocks.1.self_attn"])
         for step in range(3):

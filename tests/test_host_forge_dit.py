@@ -14,11 +14,12 @@ import sys
 import pytest
 import torch
 
-from asag_modes import record_marks, use_batch_mode
+from asag_modes import float_tolerance, record_marks, use_batch_mode
 from lib_asag.params import ASAGParams
-from sinkhorn_reference import sinkhorn_attention_reference
+from sinkhorn_reference import image_only_attention_reference, sinkhorn_attention_reference
 
 B, SIGMA, CFG = 2, 2.5, 5.0
+TEXT_TOKENS, IMAGE_TOKENS = 5, 16  # inputs(): 5 context tokens; an 8x8 latent in 2x2 patches
 MODULES = {"flux": "backend.nn.flux", "chroma": "backend.nn.chroma", "sd3": "backend.nn.mmditx"}
 
 
@@ -43,7 +44,8 @@ def inputs(seed: int = 1):
     return x, torch.full((B,), SIGMA), torch.randn(B, 5, 8, generator=g), [torch.randn(B, 5, 8, generator=g)]
 
 
-def run_step(p, cond_scale=CFG, step=0, total=4):
+def run_step(p, cond_scale=CFG, step=1, total=10):
+    """One model evaluation at progress step / total (0.1: inside a DiT's default window 0.01-0.15 and 0-1)."""
     denoiser = p.sampler.model_wrap_cfg
     denoiser.step, denoiser.total_steps = step, total
     x, sigma, uncond, cond = inputs()
@@ -61,12 +63,21 @@ def blocks_of(model, names):
     return {name: tree[name] for name in names}
 
 
-def reference_attention(module, iterations, epsilon):
+def reference_sinkhorn(q, k, v, heads, iterations, epsilon, scope):
+    """Float64 on flat (B, N, heads*d): the whole plan, or (scope "image") on a joint text+image call the
+    image-only scope with the TEXT_TOKENS text tokens first; an image-only call (MMDiT-X attn2) is whole."""
+    if scope == "image" and q.shape[1] == TEXT_TOKENS + IMAGE_TOKENS:
+        return image_only_attention_reference(q, k, v, heads, TEXT_TOKENS, iterations, epsilon)
+    assert scope == "joint" or q.shape[1] == IMAGE_TOKENS, q.shape
+    return sinkhorn_attention_reference(q, k, v, heads, iterations, epsilon)
+
+
+def reference_attention(module, iterations, epsilon, scope="joint"):
     """Float64 Sinkhorn with the host module's own call convention."""
     if module.__name__ == "backend.nn.mmditx":
         def attention(q, k, v, heads, mask=None):
             k, v = (t.reshape(q.shape[0], -1, q.shape[-1]) for t in (k, v))  # v is (B, N, heads, d) here
-            return sinkhorn_attention_reference(q, k, v, heads, iterations, epsilon).to(q.dtype)
+            return reference_sinkhorn(q, k, v, heads, iterations, epsilon, scope).to(q.dtype)
         return attention
     apply_rope = sys.modules["backend.nn.flux"].apply_rope
 
@@ -74,7 +85,7 @@ def reference_attention(module, iterations, epsilon):
         q, k = apply_rope(q, k, pe)
         b, h, n, d = q.shape
         flat = [t.transpose(1, 2).reshape(b, t.shape[2], h * d) for t in (q, k, v)]
-        return sinkhorn_attention_reference(*flat, h, iterations, epsilon).to(q.dtype)
+        return reference_sinkhorn(*flat, h, iterations, epsilon, scope).to(q.dtype)
 
     return attention
 
@@ -89,7 +100,7 @@ def reference_prediction(p, family, params, block_names, cond_scale=CFG):
         d_c, d_u = calc(model, cond_list, [{"model_conds": {"c_crossattn": uncond}}], x, sigma, unet.model_options)
         module = sys.modules[MODULES[family]]
         original, flag = module.attention, []
-        perturbed = reference_attention(module, params.iterations, params.epsilon)
+        perturbed = reference_attention(module, params.iterations, params.epsilon, params.scope)
         module.attention = lambda *a, **k: (perturbed if flag else original)(*a, **k)
         chosen = blocks_of(model.diffusion_model, block_names).values()
         for block in chosen:
@@ -119,34 +130,42 @@ def sinkhorn_calls(monkeypatch, model):
         if name.count(".") == 1 and name.split(".")[0] in ("double_blocks", "single_blocks", "joint_blocks"):
             handles.append(module.register_forward_pre_hook(lambda *_, n=name: running.append(n)))
             handles.append(module.register_forward_hook(lambda *_: None if running.pop() else None))
-    for fn in ("adversarial_sinkhorn_attention", "adversarial_sinkhorn_attention_heads"):
-        original = getattr(sinkhorn, fn)
+    for owner, fn in SINKHORN_ENTRIES:
+        original = getattr(owner, fn)
 
         def recording(*a, _original=original, **k):
             seen.append((len(model.calls) - 1, running[-1] if running else None))
             return _original(*a, **k)
 
-        monkeypatch.setattr(sinkhorn, fn, recording)
+        monkeypatch.setattr(owner, fn, recording)
     return seen, handles
+
+
+def _sinkhorn_entries():
+    from lib_asag import joint_scope, sinkhorn
+    return ((sinkhorn, "adversarial_sinkhorn_attention"), (sinkhorn, "adversarial_sinkhorn_attention_heads"),
+            (joint_scope, "image_only_sinkhorn_attention"), (joint_scope, "image_only_sinkhorn_attention_heads"))
+
+
+SINKHORN_ENTRIES = _sinkhorn_entries()
+"""Every Sinkhorn attention the DiT dispatcher can call: whole joint, and the image-only scope's."""
+
+
+def patch_sinkhorn(monkeypatch, replacement):
+    for owner, fn in SINKHORN_ENTRIES:
+        monkeypatch.setattr(owner, fn, replacement)
 
 
 batch_mode = use_batch_mode
 
 
-def float_tolerance(reference: torch.Tensor) -> float:
-    """Absolute tolerance for results of host calls with other row counts. The random MMDiT-X stand-in is badly
-    conditioned (outputs ~200, no trained norms): the same cond rows in a 1-, 2- or 3-row call differ by up to
-    1.1e-5 of the largest output on CPU, and CFG 5 combines three such predictions."""
-    return 1e-4 * float(reference.abs().max())
-
-
-def assert_plain_cfg(got: torch.Tensor, plain: torch.Tensor, mode: str) -> None:
+def assert_plain_cfg(got: torch.Tensor, plain: torch.Tensor, mode: str, family: str) -> None:
     """No ASAG term. Separate: the host's own call is the same call, so bit-identical. Batched: the host call ran
     with the perturbed rows appended (3 rows, not 2), so equal within float32 noise."""
     if mode == "separate":
         assert torch.equal(got, plain)
     else:
-        torch.testing.assert_close(got, plain, rtol=0, atol=float_tolerance(plain))
+        torch.testing.assert_close(got, plain, rtol=0, atol=float_tolerance(plain, family))
 
 
 def assert_host_untouched(p, family):
@@ -195,11 +214,13 @@ def test_chosen_blocks_are_perturbed_on_the_perturbed_rows_only(forge, family, s
     ("chroma", "single.1", 1.0), ("sd3", "joint.0-1", CFG), ("sd3", "joint.2", CFG),
 ])
 @pytest.mark.parametrize("mode", ["batched", "separate"])
-def test_guided_prediction_equals_the_float64_reference(forge, family, spec, cond_scale, mode, caplog, monkeypatch):
+@pytest.mark.parametrize("scope", ["image", "joint"])
+def test_guided_prediction_equals_the_float64_reference(forge, family, spec, cond_scale, mode, scope, caplog,
+                                                        monkeypatch):
     batch_mode(monkeypatch, mode)
     caplog.set_level("INFO", logger="asag")
     p = processing(family)
-    params, messages = setup(forge, p, layers=spec, scale=2.5, iterations=3, epsilon=0.7)
+    params, messages = setup(forge, p, layers=spec, scale=2.5, iterations=3, epsilon=0.7, scope=scope)
     assert messages == []
     got = run_step(p, cond_scale=cond_scale)
     model = p.sd_model.forge_objects.unet.model
@@ -207,7 +228,7 @@ def test_guided_prediction_equals_the_float64_reference(forge, family, spec, con
     from lib_asag.layers import find_self_attention, resolve_layers
     refs = resolve_layers(spec, find_self_attention(model.diffusion_model))
     expected, plain = reference_prediction(p, family, params, [r.module_path for r in refs], cond_scale)
-    atol = float_tolerance(expected)
+    atol = float_tolerance(expected, family)
     assert float((expected - plain).abs().max()) > 100 * atol
     torch.testing.assert_close(got, expected.float(), atol=atol, rtol=1e-4)
     # CFG 1 (Flux dev / schnell): the host computes no uncond, ASAG guides D_c + s (D_c - D_asag); batched,
@@ -238,10 +259,10 @@ def test_chroma_swaps_its_own_module_global_not_fluxs(forge, mode, monkeypatch):
 
 def test_scale_zero_inactive_steps_and_disabled_are_bit_identical(forge):
     plain_p = processing("flux")
-    plain = [run_step(plain_p, step=i) for i in range(4)]
+    plain = [run_step(plain_p, step=i, total=4) for i in range(4)]
     p = processing("flux")
     setup(forge, p, layers="all", start=0.5)
-    got = [run_step(p, step=i) for i in range(4)]
+    got = [run_step(p, step=i, total=4) for i in range(4)]
     assert torch.equal(got[0], plain[0]) and torch.equal(got[1], plain[1]) and not torch.equal(got[2], plain[2])
     off = processing("flux")
     assert forge.Adapter("forge_backend").setup(off, ASAGParams(enabled=False)) == []
@@ -264,9 +285,8 @@ def test_a_failure_inside_the_perturbed_call_restores_the_host_and_falls_back(fo
     def failing(*a, **k):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention_heads", failing)
-    monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention", failing)
-    assert_plain_cfg(run_step(p), plain, mode)
+    patch_sinkhorn(monkeypatch, failing)
+    assert_plain_cfg(run_step(p), plain, mode, family)
     assert_host_untouched(p, family)
     assert "ASAG scale" not in p.extra_generation_params and any("out of memory" in c for c in p.comments)
 
@@ -282,7 +302,7 @@ def test_an_interrupt_inside_the_perturbed_call_propagates_and_restores_the_host
     def interrupted(*a, **k):
         raise InterruptProcessingException()
 
-    monkeypatch.setattr(sinkhorn, "adversarial_sinkhorn_attention_heads", interrupted)
+    patch_sinkhorn(monkeypatch, interrupted)
     with pytest.raises(InterruptProcessingException):
         run_step(p)
     assert_host_untouched(p, "chroma")
@@ -358,7 +378,7 @@ def test_a_chosen_block_in_skip_layers_is_an_error_not_a_zero_term(forge, spec, 
     p.extra_generation_params["ASAG scale"] = 3.0  # what the script writes on success
     _, messages = setup(forge, p, layers=spec)
     assert messages == []
-    assert_plain_cfg(run_step(p), plain, mode)  # no term
+    assert_plain_cfg(run_step(p), plain, mode, "sd3")  # no term
     assert "ASAG scale" not in p.extra_generation_params
     error = p.extra_generation_params["ASAG error"]
     assert "joint.1 ran no Sinkhorn attention" in error and "joint.0" not in error, error
@@ -376,7 +396,7 @@ def test_a_chosen_block_served_from_a_cache_is_an_error(forge, mode, monkeypatch
     plain = run_step(p)
     p.extra_generation_params["ASAG scale"] = 3.0
     setup(forge, p, layers="double.1, single.0")
-    assert_plain_cfg(run_step(p), plain, mode)
+    assert_plain_cfg(run_step(p), plain, mode, "flux")
     assert "ASAG scale" not in p.extra_generation_params
     assert "double.1 ran no Sinkhorn attention" in p.extra_generation_params["ASAG error"]
     del block.forward
@@ -409,7 +429,7 @@ def test_a_family_without_row_batching_logs_its_only_mode_at_info(forge, monkeyp
     assert [(r.levelname, r.getMessage()) for r in caplog.records if "perturbed pass" in r.getMessage()] == [
         ("INFO", "ASAG: perturbed pass in a separate call (flux blocks perturb whole calls)")]
     expected, _ = reference_prediction(p, "flux", params, ["double_blocks.1"])
-    torch.testing.assert_close(got, expected.float(), atol=float_tolerance(expected), rtol=1e-4)
+    torch.testing.assert_close(got, expected.float(), atol=float_tolerance(expected, "flux"), rtol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["batched", "separate"])
@@ -426,6 +446,6 @@ def test_a_family_row_can_keep_some_attention_calls_of_a_chosen_block(forge, mod
     plain = run_step(p)
     p.extra_generation_params["ASAG scale"] = 3.0
     setup(forge, p, layers="joint.0")
-    assert_plain_cfg(run_step(p), plain, mode)
+    assert_plain_cfg(run_step(p), plain, mode, "sd3")
     assert "joint.0 ran no Sinkhorn attention" in p.extra_generation_params["ASAG error"]
     assert_host_untouched(p, "sd3")

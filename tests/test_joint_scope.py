@@ -16,36 +16,16 @@ import torch
 from lib_asag.joint_scope import (image_identity_attention, image_only_sinkhorn_attention,
                                   image_only_sinkhorn_attention_heads)
 from lib_asag.sinkhorn import adversarial_sinkhorn_attention
-
-
-def _plan64(scores: torch.Tensor, iterations: int, epsilon: float) -> torch.Tensor:
-    """Textbook log-domain Sinkhorn, float64: kernel exp(-S/eps), rows to 1, columns to N_q/N_k, final row step."""
-    n_q, n_k = scores.shape
-    log_p = -scores / epsilon
-    for _ in range(iterations):
-        log_p = log_p - torch.logsumexp(log_p, 1, keepdim=True)
-        log_p = log_p - torch.logsumexp(log_p, 0, keepdim=True) + math.log(n_q / n_k)
-    return torch.softmax(log_p, 1)
+from sinkhorn_reference import masked_attention_reference, reference_plan
 
 
 def _masked_reference(q, k, v, heads: int, n_text: int, block_fn) -> torch.Tensor:
-    """float64 joint attention whose image x image block of A is replaced by block_fn(A, S) (other blocks kept)."""
-    b, n, inner = q.shape
-    d = inner // heads
-    out = torch.empty(b, n, inner, dtype=torch.float64)
-    for i in range(b):
-        for h in range(heads):
-            cols = slice(h * d, (h + 1) * d)
-            s = q[i, :, cols].double() @ k[i, :, cols].double().T / math.sqrt(d)
-            a = torch.softmax(s, 1)
-            a[n_text:, n_text:] = block_fn(a[n_text:, n_text:], s[n_text:, n_text:])
-            out[i, :, cols] = a @ v[i, :, cols].double()
-    return out
+    return masked_attention_reference(q, k, v, heads, n_text, block_fn)
 
 
 def _sinkhorn_block(iterations: int, epsilon: float):
     def block(a_ii, s_ii):
-        return a_ii.sum(1, keepdim=True) * _plan64(s_ii, iterations, epsilon)
+        return a_ii.sum(1, keepdim=True) * reference_plan(s_ii, iterations, epsilon)
     return block
 
 

@@ -41,7 +41,7 @@ def test_defaults_are_valid_per_family():
 
 
 def test_positional_full_and_short_lists():
-    full = [True, 2.0, "input.7, middle", 4, 0.5, 0.1, 0.9, "linear", 0.3, "off"]
+    full = [True, 2.0, "input.7, middle", 4, 0.5, 0.1, 0.9, "linear", 0.3, "off", "joint"]
     assert len(full) == len(ARG_ORDER)
     params, messages = from_script_args(full)
     assert messages == [] and params == ASAGParams(*full)
@@ -162,3 +162,27 @@ def test_a_default_preset_that_names_no_block_is_refused_and_says_why():
     with pytest.raises(LayerSpecError) as err:  # a typed spec: no preset wording
         resolve_and_note(p, ASAGParams(enabled=True, layers="joint.5"), "sd3", _blocks(joint=2))
     assert "default" not in str(err.value) and "preset" not in str(err.value)
+
+
+def test_scope_is_validated_written_when_not_default_and_read_back():
+    assert DEFAULTS.scope == "image"
+    params, messages = from_script_args([{"enabled": True, "scope": "joint"}])
+    assert messages == [] and params.scope == "joint"
+    assert to_infotext(params) == {"ASAG scale": 3.0, "ASAG scope": "joint"}
+    assert from_infotext({"ASAG scale": "3.0", "ASAG scope": "joint"})["scope"] == "joint"
+    assert "ASAG scope" not in to_infotext(ASAGParams(enabled=True))
+    params, messages = from_script_args([{"enabled": True, "scope": "text"}])
+    assert params is None and messages == ["ASAG's scope must be one of image, joint, got 'text'"]
+
+
+@pytest.mark.parametrize("family, window", [("sd1", (0.0, 1.0)), ("sdxl", (0.0, 1.0)), ("sd3", (0.01, 0.15)),
+                                            ("flux", (0.01, 0.15)), ("anima", (0.01, 0.15))])
+def test_start_0_end_1_mean_the_familys_window_any_other_window_is_kept(family, window):
+    """The DiT experiment's window (docs/experiment.md) for diffusion transformers, the whole range for UNets;
+    what the UI shows before a model is known and what the API fills in (0, 1) resolves to it."""
+    resolved = ASAGParams(enabled=True).for_family(family)
+    assert (resolved.start, resolved.end) == window == (defaults_for(family).start, defaults_for(family).end)
+    own = ASAGParams(enabled=True, start=0.0, end=0.99)
+    assert own.for_family(family) == own
+    assert ASAGParams(enabled=True, start=0.2).for_family(family).start == 0.2
+    assert ASAGParams(enabled=True).for_family("hunyuan") == ASAGParams(enabled=True)

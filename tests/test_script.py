@@ -192,6 +192,27 @@ def test_refresh_follows_a_model_change_and_never_breaks_the_ui(env):
     assert refresh("all")["value"] == "all"
 
 
+def test_start_and_end_follow_the_loaded_family_unless_the_user_set_them(env):
+    """Ticking ASAG or 🔄 shows the loaded family's default window (a DiT's 0.01-0.15, a UNet's 0-1) while Start/End
+    hold some family's default; a window of the user's own stays."""
+    ui = _build_ui(env)
+    start, end = ui["script_txt2img_asag_start"], ui["script_txt2img_asag_end"]
+    handlers = []
+    for block in (ui["script_txt2img_asag_preset_refresh"], ui["script_txt2img_asag_enabled-checkbox"]):
+        handlers += [fn for name, fn, inputs, outputs, _ in block.events if inputs == [start, end] == outputs]
+    assert len(handlers) == 2
+    values = lambda updates: tuple(u.get("value") for u in updates)  # noqa: E731
+    for refresh in handlers:
+        env.shared.sd_model = _dit_model(joint=24)
+        assert values(refresh(0.0, 1.0)) == (0.01, 0.15)
+        assert values(refresh(0.2, 0.7)) == (None, None)  # the user's own: unchanged
+        env.shared.sd_model = _dit_model(forge=True, double=3, single=2)
+        assert values(refresh(0.01, 0.15)) == (0.01, 0.15)
+        from ldm.models.diffusion.ddpm import LatentDiffusion
+        env.shared.sd_model = LatentDiffusion(seed=0).eval()
+        assert values(refresh(0.01, 0.15)) == (0.0, 1.0)
+
+
 def test_picking_a_preset_fills_the_layers_box_and_a_refresh_leaves_it(env):
     ui = _build_ui(env)
     preset, layer_box = ui["script_txt2img_asag_preset"], ui["script_txt2img_asag_layers"]
@@ -224,12 +245,12 @@ def _parse_infotext(line: str) -> dict:
 @pytest.mark.parametrize("values", [
     dict(scale=2.5),
     dict(scale=4.0, layers="middle, output.0-2", iterations=7, epsilon=0.35, start=0.1, end=0.8,
-         adaptive="cosine", rescale=0.25, hires="off"),
+         adaptive="cosine", rescale=0.25, hires="off", scope="joint"),
     dict(scale=1.0, layers="input.3.1; middle"),
 ])
 def test_infotext_round_trip_through_the_paste_fields(env, values):
     p = _p(env)
-    generate(env, p, _args(env, enabled=True, **values), H.make_case(env.shared.sd_model, steps=1))
+    generate(env, p, _args(env, enabled=True, **values), H.make_case(env.shared.sd_model, steps=5))  # 0.2-0.6 in 0.1-0.8
     text = _infotext_line({"Steps": 20, "Sampler": "Euler", **p.extra_generation_params})
     pasted = _parse_infotext(text)
     restored = {}
@@ -262,12 +283,13 @@ def _api_args(env, request_args):
 
 
 API_FORMS = {
-    "full positional": [True, 2.5, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same"],
+    "full positional": [True, 2.5, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same", "image"],
+    "the ten args before scope": [True, 2.5, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same"],
     "short [true, scale]": [True, 2.5],
     "dict": [{"enabled": True, "scale": 2.5}],
     "dict, scale as text": [{"enabled": True, "scale": "2.5"}],
-    # The host copies at most the script's own number of args: the 11th is dropped before ASAG sees it.
-    "too many args": [True, 2.5, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same", "extra"],
+    # The host copies at most the script's own number of args: the 12th is dropped before ASAG sees it.
+    "too many args": [True, 2.5, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same", "image", "extra"],
 }
 
 
@@ -395,6 +417,26 @@ def test_enabled_generation_writes_infotext_and_cleans_up(env):
     assert _asag_callbacks(env) == []
 
 
+@pytest.mark.parametrize("window", [(0.6, 0.9), (0.01, 0.15)])
+def test_a_window_that_holds_no_step_is_reported_not_claimed(env, window):
+    """2 steps = progress 0 and 0.5: neither is in 0.6-0.9 nor in 0.01-0.15 (a DiT's default window at a few
+    steps). Nothing was guided, so the response must not say `ASAG scale` (the README's did-ASAG-run check)."""
+    case = H.make_case(env.shared.sd_model, steps=2)
+    absent = generate(env, _p(env), [], case, script=False)[0]
+    p = _p(env)
+    got = generate(env, p, _args(env, enabled=True, layers="all", start=window[0], end=window[1]), case)[0]
+    assert torch.equal(got, absent)
+    assert "ASAG scale" not in p.extra_generation_params
+    error = p.extra_generation_params[asag_params.ERROR_KEY]
+    assert error.startswith("ASAG guided no sampling step") and f"{window[0]:g}-{window[1]:g}" in error, error
+    assert any("ASAG guided no sampling step" in c for c in p.comments)
+    # the same settings with a step inside the window guide it, and say so
+    p = _p(env)
+    generate(env, p, _args(env, enabled=True, layers="all", start=window[0], end=window[1]),
+             H.make_case(env.shared.sd_model, steps=10))
+    assert p.extra_generation_params["ASAG scale"] == 3.0 and asag_params.ERROR_KEY not in p.extra_generation_params
+
+
 @pytest.mark.parametrize("hires,patched_in_hr", [("same", True), ("off", False)])
 def test_hires_pass_behaviour(env, hires, patched_in_hr):
     model = env.shared.sd_model
@@ -431,7 +473,7 @@ def test_xyz_axes_are_added_once_and_drive_the_params(env):
     env.callbacks.before_ui_callback()
     env.callbacks.app_started_callback(None, None)
     labels = [o.label for o in xyz.axis_options]
-    assert labels == ["ASAG scale", "ASAG layers", "ASAG iterations", "ASAG epsilon"]
+    assert labels == ["ASAG scale", "ASAG layers", "ASAG iterations", "ASAG epsilon", "ASAG scope"]
 
     from lib_asag import ui
     p = _p(env)
@@ -439,15 +481,16 @@ def test_xyz_axes_are_added_once_and_drive_the_params(env):
     cell = xyz.run_cell(p, by_label["ASAG scale"], "4.5", ["1", "4.5"])
     cell = xyz.run_cell(cell, by_label["ASAG layers"], "middle; output.0", [])
     cell = xyz.run_cell(cell, by_label["ASAG iterations"], "5", [])
+    cell = xyz.run_cell(cell, by_label["ASAG scope"], "joint", [])
     assert not hasattr(p, ui.XYZ_ATTR)  # cells are copies; the base p is untouched
     params, messages = ui.params_from_script(cell, _ui_defaults(env))  # ASAG unticked in the UI
     assert messages == [] and params.enabled and params.scale == 4.5
-    assert params.layers == "middle; output.0" and params.iterations == 5
+    assert params.layers == "middle; output.0" and params.iterations == 5 and params.scope == "joint"
 
     case = H.make_case(env.shared.sd_model, steps=1)
     got = generate(env, cell, _ui_defaults(env), case)[0]
-    direct = generate(env, _p(env), _args(env, enabled=True, scale=4.5, layers="middle; output.0", iterations=5),
-                      case)[0]
+    direct = generate(env, _p(env), _args(env, enabled=True, scale=4.5, layers="middle; output.0", iterations=5,
+                                          scope="joint"), case)[0]
     assert torch.equal(got, direct)
     assert cell.extra_generation_params["ASAG scale"] == 4.5
 
@@ -470,4 +513,4 @@ def test_xyz_axes_exist_before_the_script_uis_are_built_in_api_only_start(env):
     import gradio as gr
     with gr.Blocks():
         module.ASAGScript().ui(False)
-    assert len(xyz.axis_options) == 4
+    assert len(xyz.axis_options) == 5

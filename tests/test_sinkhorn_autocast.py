@@ -117,3 +117,23 @@ def test_autocast_state_is_left_as_found(autocast_dtype):
         adversarial_sinkhorn_attention(q, k, v, heads=HEADS, iterations=2, epsilon=1.0)
         assert torch.is_autocast_enabled("cpu")
         assert (q @ k.transpose(1, 2)).dtype == autocast_dtype
+
+
+@pytest.mark.parametrize("layout", ["flat", "head_major"])
+@pytest.mark.parametrize("inputs", ["sink_key", "wide_spread"])
+def test_image_only_scope_is_exact_under_autocast(autocast_dtype, device_path, layout, inputs):
+    """The DiT default scope (lib_asag/joint_scope.py) owns its precision too: its text rows and image-to-text
+    weights (scaled_dot_product_attention, bmm, logsumexp) would otherwise run in fp16/bf16."""
+    from lib_asag.joint_scope import image_only_sinkhorn_attention, image_only_sinkhorn_attention_heads
+    from sinkhorn_reference import image_only_attention_reference
+    q, k, v = INPUTS[inputs]()
+    n_text = 16
+    ref = image_only_attention_reference(q, k, v, HEADS, n_text, 3, 1.0)
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        if layout == "head_major":
+            out = image_only_sinkhorn_attention_heads(_head_major(q), _head_major(k), _head_major(v), n_text=n_text,
+                                                      iterations=3, epsilon=1.0).transpose(1, 2).reshape(q.shape)
+        else:
+            out = image_only_sinkhorn_attention(q, k, v, heads=HEADS, n_text=n_text, iterations=3, epsilon=1.0)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, atol=ATOL, rtol=RTOL)

@@ -61,14 +61,14 @@ def _unet(sd_model: Any) -> torch.nn.Module:
     return sd_model.model.diffusion_model
 
 
-def _unsupported(sd_model: Any) -> str | None:
+def _unsupported(sd_model: Any, scope: str) -> str | None:
     refusal = edit_model_refusal(sd_model)
     if refusal:
         return refusal
     if getattr(sd_model, "is_sd3", False):
         diffusion_model = _unet(sd_model)
         blocks = {ref: m for ref, m in layers.find_self_attention(diffusion_model).items() if ref.is_dit}
-        return dit.refusal(diffusion_model, blocks)
+        return dit.refusal(diffusion_model, blocks, scope)
     return None
 
 
@@ -116,8 +116,9 @@ class SD3JointAttention(UNetSelfAttention):
     batch_off: ClassVar[str | None] = families.FAMILIES["sd3"].only_separate or None
 
     def patched(self, modules: Modules, rows: Rows | None = None):
+        from modules import shared  # the MMDiT whose patch embedder counts the image tokens (scope "image")
         return dit.perturbed_blocks(modules, iterations=self.params.iterations, epsilon=self.params.epsilon,
-                                    rows=rows)
+                                    rows=rows, scope=self.params.scope, model=_unet(shared.sd_model))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -521,12 +522,14 @@ class Adapter(AdapterBase):
     def _install(self, p: Any, params: asag_params.ASAGParams) -> list[str]:
         global _session
         sd_model = p.sd_model
-        refusal = _unsupported(sd_model)
+        refusal = _unsupported(sd_model, params.scope)
         if refusal:
             return [refusal]
         available = layers.find_self_attention(_unet(sd_model))
+        family = layers.model_family(sd_model, available)
+        params = self.for_model(p, params, family)
         try:
-            asag_params.resolve_and_note(p, params, layers.model_family(sd_model, available), available)
+            asag_params.resolve_and_note(p, params, family, available)
         except layers.LayerSpecError as e:
             return [f"{e}. Generating without ASAG."]
         kind = SD3JointAttention if getattr(sd_model, "is_sd3", False) else UNetSelfAttention
@@ -539,5 +542,6 @@ class Adapter(AdapterBase):
         global _session
         session, _session = _session, None
         if session is not None:
+            self.guided_steps += session.applied_steps
             _forget_pending(session)
         _unregister()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 from .. import params as asag_params
+from ..perturb import families
 
 log = logging.getLogger("asag")
 
@@ -44,13 +46,36 @@ def report_failure(p: Any, applied_steps: int, error: BaseException) -> str:
 
 
 class AdapterBase:
-    """Subclasses implement `_install(p, params) -> list[str]` and `teardown(p)` (idempotent)."""
+    """Subclasses implement `_install(p, params) -> list[str]` and `teardown(p)` (idempotent; it adds the pass's
+    guided steps to `guided_steps`)."""
 
     name = ""
+    effective: asag_params.ASAGParams | None = None  # the settings the last setup armed, resolved for the model
+    guided_steps = 0  # sampling steps ASAG guided since reset_count(), over every pass torn down since
+
+    def reset_count(self) -> None:
+        """Start counting guided steps afresh (the script does, at each batch's first pass)."""
+        self.teardown()
+        self.guided_steps = 0
+
+    def for_model(self, p: Any, params: asag_params.ASAGParams, family: str) -> asag_params.ASAGParams:
+        """`params` resolved for this model's family (its default window, the scope it can run), noted in p's
+        infotext where the scope asked for cannot run; kept as `effective` for the infotext."""
+        resolved = params.for_family(family)
+        scope = families.effective_scope(families.FAMILIES.get(family), resolved.scope)
+        if scope != resolved.scope:
+            note = (f"the {resolved.scope}-only scope is not available for {families.FAMILIES[family].title}; "
+                    f"the whole {scope} attention of the chosen layers is perturbed")
+            log.warning("ASAG: %s.", note)
+            asag_params.add_note(p, note)
+            resolved = replace(resolved, scope=scope)
+        self.effective = resolved
+        return resolved
 
     def setup(self, p: Any, params: asag_params.ASAGParams) -> list[str]:
         """Arm ASAG for this sampling pass. Returns messages for the user; never raises."""
         self.teardown(p)
+        self.effective = None
         try:
             if not params.enabled or (getattr(p, "is_hr_pass", False) and params.hires == "off"):
                 return []

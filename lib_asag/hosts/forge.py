@@ -185,7 +185,8 @@ class _Session:
         if self.blocks is None:
             return nullcontext(calls)
         return dit.perturbed_blocks(self.blocks, iterations=self.params.iterations, epsilon=self.params.epsilon,
-                                    rows=rows, calls=calls)
+                                    rows=rows, calls=calls, scope=self.params.scope,
+                                    model=self.clone.model.diffusion_model)
 
 
 _session: _Session | None = None
@@ -493,11 +494,13 @@ class Adapter(AdapterBase):
         available = layers.find_self_attention(diffusion_model)
         is_dit = any(ref.is_dit for ref in available)
         refusal = _unsupported(sd_model, diffusion_model, available) or (
-            self._dit_refusal(diffusion_model, available) if is_dit else None) or caches.refusal(diffusion_model)
+            self._dit_refusal(diffusion_model, available, params.scope) if is_dit else None) or caches.refusal(
+            diffusion_model)
         if refusal:
             return [refusal]
         family = families.by_model(diffusion_model) if is_dit else None
         family_name = family.name if family is not None else layers.model_family(sd_model, available)
+        params = self.for_model(p, params, family_name)
         try:
             refs = asag_params.resolve_and_note(p, params, family_name, available)
         except layers.LayerSpecError as e:
@@ -512,11 +515,11 @@ class Adapter(AdapterBase):
         _session = session
         return []
 
-    def _dit_refusal(self, diffusion_model: Any, available: dict) -> str | None:
+    def _dit_refusal(self, diffusion_model: Any, available: dict, scope: str) -> str | None:
         if self.name != "forge_backend":
             return (f"ASAG supports diffusion transformers ({type(diffusion_model).__name__}) on Forge's backend/ "
                     "only, not on ldm_patched hosts. Generating without ASAG.")
-        refusal = dit.refusal(diffusion_model, {ref: m for ref, m in available.items() if ref.is_dit})
+        refusal = dit.refusal(diffusion_model, {ref: m for ref, m in available.items() if ref.is_dit}, scope)
         tail = ". Generating without ASAG."
         if refusal is not None and refusal.endswith(tail):  # say where: the fork and its commit
             refusal = f"{refusal[:-len(tail)]} (host: {describe_host(self.name)}){tail}"
@@ -531,6 +534,7 @@ class Adapter(AdapterBase):
         session, _session = _session, None
         if session is None:
             return
+        self.guided_steps += session.applied_steps
         objects = getattr(getattr(session.p, "sd_model", None), "forge_objects", None)
         if objects is not None and getattr(objects, "unet", None) is session.clone:
             objects.unet = session.original_unet

@@ -14,9 +14,13 @@ while `perturbed_blocks` is open and only then:
 
 Every Sinkhorn call is counted per chosen block (proof.py); a call the dispatcher cannot take over (a mask,
 arguments it does not know) goes to the host's function uncounted, so the adapter sees that block as not
-perturbed. The perturbation replaces every attention call inside a chosen block: the whole joint attention
-over text and image rows (docs/method.md 2b) and, in MMDiT-X blocks, also the x-block's `attn2` (a family
-row can narrow this with `perturbs`).
+perturbed. The perturbation takes over every attention call inside a chosen block (in MMDiT-X blocks also the
+x-block's `attn2`; a family row can narrow this with `perturbs`), in one of two scopes (docs/method.md 2b):
+
+- "image" (the default): Sinkhorn on the image x image block of the joint attention only; text query rows and
+  the image queries' weights on the text keys stay the model's (lib_asag/joint_scope.py). The image token count
+  comes from a forward hook on the model's patch embedder (the family row's `image_tokens`); text comes first.
+- "joint": the whole joint attention of text and image rows over every key.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from typing import Any, Callable, Hashable, Iterator, Mapping
 
 import torch
 
-from .. import sinkhorn
+from .. import joint_scope, sinkhorn
 from . import families
 from .families import FLAT, FUNCTION, HEADS_ROPE, Family
 from .proof import SinkhornCalls
@@ -48,8 +52,10 @@ def call_site(family: Family, module: types.ModuleType | None) -> tuple[str, str
                 None)
 
 
-def refusal(diffusion_model: torch.nn.Module, blocks: Mapping[Hashable, torch.nn.Module]) -> str | None:
-    """Why these blocks of this model cannot be perturbed, or None (checked before anything is patched)."""
+def refusal(diffusion_model: torch.nn.Module, blocks: Mapping[Hashable, torch.nn.Module],
+            scope: str = "joint") -> str | None:
+    """Why these blocks of this model cannot be perturbed in `scope`, or None (checked before anything is
+    patched)."""
     family = families.by_model(diffusion_model)
     if family is None:
         return (f"ASAG does not know this diffusion transformer ({type(diffusion_model).__name__}); it knows "
@@ -73,7 +79,18 @@ def refusal(diffusion_model: torch.nn.Module, blocks: Mapping[Hashable, torch.nn
                     f"{names}). Generating without ASAG.")
         if site[1] == HEADS_ROPE and not callable(getattr(sys.modules.get(family.rope[0]), family.rope[1], None)):
             return f"{family.rope[0]}.{family.rope[1]} not found. Generating without ASAG."
+    if scope == "image" and family.has_scope and _submodule(diffusion_model, family.image_tokens) is None:
+        return (f"ASAG does not know this {family.title} implementation (no `{family.image_tokens}` to count its "
+                "image tokens by, for the image-only scope). Generating without ASAG.")
     return None
+
+
+def _submodule(model: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    try:
+        found = model.get_submodule(path)
+    except AttributeError:
+        return None
+    return found if isinstance(found, torch.nn.Module) else None
 
 
 class _Running:
@@ -82,13 +99,55 @@ class _Running:
     def __init__(self) -> None:
         self.stack: list[Hashable] = []
         self.disarmed = False
+        self.image_tokens: int | None = None  # set per model call by the patch embedder's hook (scope "image")
 
     def current(self) -> Hashable | None:
         return None if self.disarmed or not self.stack else self.stack[-1]
 
 
+class _Attend:
+    """The Sinkhorn kernels of one perturbation: the whole joint attention, or (scope "image") the image-only
+    scope with the call's first N - n_img tokens as text, n_img read from `running` at call time."""
+
+    def __init__(self, iterations: int, epsilon: float, running: _Running | None) -> None:
+        self.iterations, self.epsilon, self.running = iterations, epsilon, running
+
+    def _n_text(self, n_q: int, n_k: int) -> int:
+        if self.running is None:
+            return 0
+        n_img = self.running.image_tokens
+        if n_img is None:
+            raise RuntimeError("the image-only scope found no image token count in this model call "
+                               "(its patch embedder did not run)")
+        if n_q != n_k or not 0 < n_img <= n_q:
+            raise RuntimeError(f"an attention call over {n_q} queries / {n_k} keys in a model call with "
+                               f"{n_img} image tokens is not a joint text+image attention")
+        return n_q - n_img
+
+    def flat(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        """(B, N, heads*d) -> (B, N, heads*d)."""
+        n_text = self._n_text(q.shape[1], k.shape[1])
+        if n_text == 0:
+            return sinkhorn.adversarial_sinkhorn_attention(q, k, v, heads=heads, iterations=self.iterations,
+                                                           epsilon=self.epsilon)
+        return joint_scope.image_only_sinkhorn_attention(q, k, v, heads=heads, n_text=n_text,
+                                                         iterations=self.iterations, epsilon=self.epsilon)
+
+    def heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N, d) -> (B, N, heads*d), as the hosts' head-major attention functions return it."""
+        n_text = self._n_text(q.shape[2], k.shape[2])
+        if n_text == 0:
+            out = sinkhorn.adversarial_sinkhorn_attention_heads(q, k, v, iterations=self.iterations,
+                                                                epsilon=self.epsilon)
+        else:
+            out = joint_scope.image_only_sinkhorn_attention_heads(q, k, v, n_text=n_text, iterations=self.iterations,
+                                                                  epsilon=self.epsilon)
+        batch, heads, n, dim_head = out.shape
+        return out.transpose(1, 2).reshape(batch, n, heads * dim_head)
+
+
 # ------------------------------------------------------------------------------------------ call layouts
-# Each layout: (parse(args, kwargs) -> (tensors, constants) or None, sinkhorn(tensors, constants) -> out,
+# Each layout: (parse(args, kwargs) -> (tensors, constants) or None, sinkhorn(tensors, constants, attend) -> out,
 # host(original, tensors, constants) -> out). `tensors` are the per-row inputs the batched mode splits.
 
 def _parse_flat(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -101,12 +160,11 @@ def _parse_flat(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     return args[:3], {"heads": args[3]}
 
 
-def _sinkhorn_flat(tensors: tuple, constants: dict, iterations: int, epsilon: float) -> torch.Tensor:
+def _sinkhorn_flat(tensors: tuple, constants: dict, attend: _Attend) -> torch.Tensor:
     # block_mixing hands v over as split_qkv left it, (B, N, heads, d); q and k come flattened after QK-norm.
     # The host's attention views all three as (B, N, heads, d); flatten them alike.
     q, k, v = (t.reshape(t.shape[0], t.shape[1], -1) for t in tensors)
-    return sinkhorn.adversarial_sinkhorn_attention(q, k, v, heads=constants["heads"], iterations=iterations,
-                                                   epsilon=epsilon)
+    return attend.flat(q, k, v, constants["heads"])
 
 
 def _host_flat(original: Callable, tensors: tuple, constants: dict) -> torch.Tensor:
@@ -133,13 +191,11 @@ def _host_heads_rope(original: Callable, tensors: tuple, constants: dict) -> tor
 
 
 def _sinkhorn_heads_rope(apply_rope: Callable) -> Callable:
-    def attend(tensors: tuple, constants: dict, iterations: int, epsilon: float) -> torch.Tensor:
+    def sinkhorn_heads_rope(tensors: tuple, constants: dict, attend: _Attend) -> torch.Tensor:
         q, k, v, pe = (*tensors, constants["pe"]) if "pe" in constants else tensors
         q, k = apply_rope(q, k, pe)  # exactly as flux.attention does before its attention_function
-        out = sinkhorn.adversarial_sinkhorn_attention_heads(q, k, v, iterations=iterations, epsilon=epsilon)
-        batch, heads, n, dim_head = out.shape
-        return out.transpose(1, 2).reshape(batch, n, heads * dim_head)
-    return attend
+        return attend.heads(q, k, v)
+    return sinkhorn_heads_rope
 
 
 _FUNCTION_ARGS = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
@@ -158,12 +214,10 @@ def _parse_function(args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     return (bound["q"], bound["k"], bound["v"]), {"heads": bound["heads"], "rest": rest}
 
 
-def _sinkhorn_function(tensors: tuple, constants: dict, iterations: int, epsilon: float) -> torch.Tensor:
+def _sinkhorn_function(tensors: tuple, constants: dict, attend: _Attend) -> torch.Tensor:
     if not constants["rest"].get("skip_reshape"):
-        return _sinkhorn_flat(tensors, constants, iterations, epsilon)
-    out = sinkhorn.adversarial_sinkhorn_attention_heads(*tensors, iterations=iterations, epsilon=epsilon)
-    batch, heads, n, dim_head = out.shape
-    return out.transpose(1, 2).reshape(batch, n, heads * dim_head)
+        return _sinkhorn_flat(tensors, constants, attend)
+    return attend.heads(*tensors)
 
 
 def _host_function(original: Callable, tensors: tuple, constants: dict) -> torch.Tensor:
@@ -196,9 +250,12 @@ def _layout(family: Family, layout: str) -> tuple[Callable, Callable, Callable]:
 
 
 def _dispatcher(original: Callable, family: Family, layout: str, running: _Running, calls: SinkhornCalls,
-                rows: Rows | None, iterations: int, epsilon: float) -> Callable:
+                rows: Rows | None, attend_with: _Attend) -> Callable:
     """A stand-in for the module's attention function: Sinkhorn inside chosen blocks, `original` elsewhere."""
-    parse, attend, host = _layout(family, layout)
+    parse, sinkhorn_layout, host = _layout(family, layout)
+
+    def attend(tensors: tuple, constants: dict) -> torch.Tensor:
+        return sinkhorn_layout(tensors, constants, attend_with)
 
     def attention(*args: Any, **kwargs: Any) -> torch.Tensor:
         key = running.current()
@@ -207,7 +264,7 @@ def _dispatcher(original: Callable, family: Family, layout: str, running: _Runni
             return original(*args, **kwargs)
         tensors, constants = parsed
         if rows is None:
-            out = attend(tensors, constants, iterations, epsilon)
+            out = attend(tensors, constants)
             calls.ran(key)
             return out
         total, start, stop = rows
@@ -216,7 +273,7 @@ def _dispatcher(original: Callable, family: Family, layout: str, running: _Runni
             return original(*args, **kwargs)
         try:
             out = mixed_rows(lambda *t: host(original, t, constants),
-                             lambda *t: attend(t, constants, iterations, epsilon), tensors, start, stop)
+                             lambda *t: attend(t, constants), tensors, start, stop)
         except Exception as e:
             if is_interrupt(e):
                 raise
@@ -241,18 +298,39 @@ def _hooks(key: Hashable, block: torch.nn.Module, running: _Running) -> list:
     return [block.register_forward_pre_hook(enter), block.register_forward_hook(leave)]
 
 
+def _count_image_tokens(model: torch.nn.Module | None, blocks: Mapping[Hashable, torch.nn.Module],
+                        running: _Running) -> list:
+    """Hook the patch embedder named by the blocks' family row: each model call records its image token count."""
+    family = families.by_block(next(iter(blocks.values())))
+    embedder = _submodule(model, family.image_tokens) if model is not None and family is not None else None
+    if embedder is None:
+        raise RuntimeError(f"the image-only scope needs the model's `{getattr(family, 'image_tokens', '')}`")
+
+    def count(_module: Any, _args: Any, out: Any) -> None:
+        running.image_tokens = out.shape[1]
+
+    return [embedder.register_forward_hook(count)]
+
+
 @contextmanager
 def perturbed_blocks(blocks: Mapping[Hashable, torch.nn.Module], *, iterations: int, epsilon: float,
-                     rows: Rows | None = None, calls: SinkhornCalls | None = None) -> Iterator[SinkhornCalls]:
+                     rows: Rows | None = None, calls: SinkhornCalls | None = None, scope: str = "joint",
+                     model: torch.nn.Module | None = None) -> Iterator[SinkhornCalls]:
     """Inside the `with`: every attention call made by one of `blocks` (key -> block) is the adversarial
-    Sinkhorn attention on `rows` (None = every row); yields the Sinkhorn call counts per key.
+    Sinkhorn attention on `rows` (None = every row) in `scope` ("image" needs the diffusion `model` whose
+    patch embedder counts the image tokens, see families.effective_scope()); yields the Sinkhorn call counts per key.
 
     Blocks must be of a class listed in the family table (refusal() says why not, before this is entered)."""
     calls = SinkhornCalls() if calls is None else calls
     running = _Running()
+    family = families.by_block(next(iter(blocks.values()))) if blocks else None
+    image_only = families.effective_scope(family, scope) == "image" and family is not None and family.has_scope
+    attend = _Attend(iterations, epsilon, running if image_only else None)
     swapped: list[tuple[types.ModuleType, str, Callable, Callable]] = []
     handles: list = []
     try:
+        if image_only:
+            handles.extend(_count_image_tokens(model, blocks, running))
         for block in blocks.values():
             family = families.by_block(block)
             if family is None:
@@ -265,7 +343,7 @@ def perturbed_blocks(blocks: Mapping[Hashable, torch.nn.Module], *, iterations: 
                 raise RuntimeError(f"{module.__name__} has no module-level attention function ASAG knows")
             name, layout = site
             original = getattr(module, name)
-            dispatcher = _dispatcher(original, family, layout, running, calls, rows, iterations, epsilon)
+            dispatcher = _dispatcher(original, family, layout, running, calls, rows, attend)
             setattr(module, name, dispatcher)
             swapped.append((module, name, original, dispatcher))
         for key, block in blocks.items():

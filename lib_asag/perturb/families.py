@@ -56,8 +56,19 @@ class Family:
     # Non-empty: why this family's perturbed rows can never share the host's call (a dispatcher that cannot
     # split rows). The separate call is then its only mode, logged at INFO rather than as a fallback.
     only_separate: str = ""
+    # The image-only scope (docs/method.md 2b): the submodule of the diffusion model whose output's dim 1 is the
+    # number of image tokens (the patch embedder). In every joint sequence of these families the text tokens
+    # come first, so a chosen block's call over N tokens has N - n_img text tokens. "" = the family has no such
+    # split: with `within` its perturbed attention sees image tokens only (both scopes are the same), without
+    # it the image-only scope is not available and the whole joint attention is perturbed (with a note).
+    image_tokens: str = ""
     scale: float = 3.0                          # default ASAG scale and active window for this family
     window: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def has_scope(self) -> bool:
+        """Whether the image-only and whole-joint scopes differ here and both can be run."""
+        return bool(self.image_tokens)
 
     @property
     def is_dit(self) -> bool:
@@ -75,6 +86,10 @@ class Family:
 _UNET_PRESETS = {"middle": "middle", "middle + output.3-5": "middle, output.3-5", "all": "all"}
 _FLUX_PRESETS = {"double.7-9": "double.7-9", "double.7-9 + single.7-9": "double.7-9, single.7-9", "all": "all"}
 _FLUX_BLOCKS = {"double": "double_blocks", "single": "single_blocks"}
+# Diffusion transformers: ASAG in the 0.01-0.15 window of the steps, skip-layer guidance's practice, which the DiT
+# experiment (docs/experiment.md, "Conclusions (DiT)") found the only window where the term helps without CFG and
+# costs least on top of it; over the whole range the scale must be far below 1 there.
+_DIT_WINDOW = (0.01, 0.15)
 
 # Order matters twice: for host flags a later row wins (a model may carry an older family's flag too), for the
 # layout fallback (no flag) the first DiT row whose block prefixes the model has.
@@ -84,7 +99,7 @@ ROWS: tuple[Family, ...] = (
     Family("sd2", _UNET_PRESETS, flags=("is_sd2",)),
     # SDXL middle block: ten transformer blocks at the lowest resolution.
     Family("sdxl", {"middle": "middle", "middle + output.0": "middle, output.0", "all": "all"}, flags=("is_sdxl",)),
-    # Diffusion transformers: blocks 7-9, the skip-layer-guidance practice (docs/method.md).
+    # Diffusion transformers: blocks 7-9, the skip-layer-guidance practice (docs/method.md), in _DIT_WINDOW.
     # SD3 / SD3.5: A1111 1.10 modules/models/sd3/mmdit.py and Forge backend/nn/mmditx.py (dfdcbab6): JointBlock
     # -> block_mixing -> module-level attention(q, k, v, heads) on the text+image rows; MMDiT-X (SD3.5 Medium)
     # calls it once more in its first blocks for the x-block's own self-attention `attn2`.
@@ -93,7 +108,8 @@ ROWS: tuple[Family, ...] = (
            blocks={"joint": "joint_blocks"},
            block_classes=(("modules.models.sd3.mmdit", "JointBlock"), ("backend.nn.mmditx", "JointBlock")),
            layout=FLAT, requires=("block_mixing",), extra_attentions="x_block.attn2 (MMDiT-X)",
-           fork_attentions=(("attention_function", FUNCTION),)),  # ersatzForge mmditx.py: no `attention` left
+           fork_attentions=(("attention_function", FUNCTION),),  # ersatzForge mmditx.py: no `attention` left
+           image_tokens="x_embedder", window=_DIT_WINDOW),
     # Flux: Forge backend/nn/flux.py, attention(q, k, v, pe) = apply_rope + attention_function. The same global
     # in ersatzForge fca12a2 (RoPE inline, same maths as its apply_rope; blocks fill preallocated scratch q/k/v)
     # and Forge Neo (attention(q, k, v, pe, mask=None, transformer_options={}); Neo builds this class for Flux.2
@@ -102,7 +118,7 @@ ROWS: tuple[Family, ...] = (
            models=(("backend.nn.flux", "IntegratedFluxTransformer2DModel"),),
            blocks=_FLUX_BLOCKS,
            block_classes=(("backend.nn.flux", "DoubleStreamBlock"), ("backend.nn.flux", "SingleStreamBlock")),
-           layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope")),
+           layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope"), image_tokens="img_in", window=_DIT_WINDOW),
     # Chroma: Forge dfdcbab6 backend/nn/chroma.py imports flux's `attention`, so its blocks look up chroma's own
     # global; ersatzForge's chroma.py applies RoPE inline and calls its own `attention_function` (head-major).
     Family("chroma", _FLUX_PRESETS, flags=("is_chroma",), label="Chroma",
@@ -110,7 +126,7 @@ ROWS: tuple[Family, ...] = (
            blocks=_FLUX_BLOCKS,
            block_classes=(("backend.nn.chroma", "DoubleStreamBlock"), ("backend.nn.chroma", "SingleStreamBlock")),
            layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope"),
-           fork_attentions=(("attention_function", FUNCTION),)),
+           fork_attentions=(("attention_function", FUNCTION),), image_tokens="img_in", window=_DIT_WINDOW),
     # ---- the forks' families (docs/hosts-forks.md: files, commits, block counts, why these defaults)
     # Anima and Cosmos-Predict2: ersatzForge backend/nn/cosmos_predict2.py MiniTrainDIT; Forge Neo
     # backend/nn/anima.py Anima(MiniTrainDIT). Block.self_attn and Block.cross_attn both call the module's
@@ -121,35 +137,37 @@ ROWS: tuple[Family, ...] = (
                    ("backend.nn.anima", "IntegratedAnimaTransformer"), ("backend.nn.anima", "MiniTrainDIT")),
            blocks={"block": "blocks"},
            block_classes=(("backend.nn.cosmos_predict2", "Block"), ("backend.nn.anima", "Block")),
-           attention="attention_function", layout=FUNCTION, within="self_attn"),
+           attention="attention_function", layout=FUNCTION, within="self_attn", window=_DIT_WINDOW),
     # Flux.2 (dev, Klein): ersatzForge backend/nn/flux2.py imports flux's `attention` (so its blocks look up
     # flux2's own global, flux's function). Only 5-8 double blocks (Klein 4B: double.0-4).
     Family("flux2", {"double.1-3": "double.1-3", "single.1-3": "single.1-3", "all": "all"}, label="Flux.2",
            flags=("is_flux2",), models=(("backend.nn.flux2", "IntegratedFlux2Transformer2DModel"),),
            blocks=_FLUX_BLOCKS,
            block_classes=(("backend.nn.flux2", "DoubleStreamBlock"), ("backend.nn.flux2", "SingleStreamBlock")),
-           layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope")),
+           layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope"), image_tokens="img_in", window=_DIT_WINDOW),
     # Lumina 2 and Z-Image: ersatzForge backend/nn/lumina2.py Lumina2DiT, Forge Neo backend/nn/lumina.py NextDiT.
     # `layers` run on [text, image] (the single-modality refiners are left out); JointAttention calls the
-    # module's attention_function head-major after QK-norm, RoPE and the grouped-query repeat.
+    # module's attention_function head-major after QK-norm, RoPE and the grouped-query repeat. No image-only
+    # scope: Z-Image pads the image tokens to a multiple of 32 *after* them (lumina2.py patchify_and_embed,
+    # pad_tokens_multiple), so the image block is not "the last n_img tokens" there.
     Family("lumina2", {"layer.7-9": "layer.7-9", "all": "all"}, label="Lumina 2 / Z-Image",
            models=(("backend.nn.lumina2", "Lumina2DiT"), ("backend.nn.lumina", "NextDiT")),
            blocks={"layer": "layers"},
            block_classes=(("backend.nn.lumina2", "JointTransformerBlock"), ("backend.nn.lumina", "JointTransformerBlock")),
-           attention="attention_function", layout=FUNCTION),
+           attention="attention_function", layout=FUNCTION, window=_DIT_WINDOW),
     # Wan 2.1 / 2.2 (text to image): ersatzForge backend/nn/wan.py WanModel. Self- and cross-attention of a
     # WanAttentionBlock both call `optimized_attention` (flat): only self_attn's calls are perturbed.
     Family("wan", {"block.7-9": "block.7-9", "all": "all"}, label="Wan", flags=("is_wan",),
            models=(("backend.nn.wan", "WanModel"),),
            blocks={"block": "blocks"},
            block_classes=(("backend.nn.wan", "WanAttentionBlock"),),
-           attention="optimized_attention", layout=FUNCTION, within="self_attn"),
+           attention="optimized_attention", layout=FUNCTION, within="self_attn", window=_DIT_WINDOW),
     # Qwen-Image: Forge Neo backend/nn/qwen.py; one joint (txt first) flat attention_function call per block.
     Family("qwen_image", {"transformer.7-9": "transformer.7-9", "all": "all"}, label="Qwen-Image",
            models=(("backend.nn.qwen", "QwenImageTransformer2DModel"),),
            blocks={"transformer": "transformer_blocks"},
            block_classes=(("backend.nn.qwen", "QwenImageTransformerBlock"),),
-           attention="attention_function", layout=FUNCTION),
+           attention="attention_function", layout=FUNCTION, image_tokens="img_in", window=_DIT_WINDOW),
 )
 
 FAMILIES: dict[str, Family] = {row.name: row for row in ROWS}
@@ -188,6 +206,15 @@ def by_block(block: object) -> Family | None:
     """The DiT family whose block class this is, or None."""
     key = _key(block)
     return next((row for row in ROWS if key in row.block_classes), None)
+
+
+def effective_scope(family: Family | None, scope: str) -> str:
+    """The scope that runs: "image" needs a text/image split (Family.image_tokens); where a family has none
+    and its perturbed attention is joint (Lumina 2 / Z-Image) the whole joint attention is perturbed. Families
+    whose perturbed attention sees image tokens only (`within`) and UNets run the same either way."""
+    if scope == "image" and family is not None and family.is_dit and not family.has_scope and not family.within:
+        return "joint"
+    return scope
 
 
 def dit_titles() -> list[str]:

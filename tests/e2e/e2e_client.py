@@ -131,6 +131,11 @@ class WebUI:
         return _family_row(self.family).is_dit
 
     @property
+    def has_scope(self) -> bool:
+        """Whether ASAG's two scopes (image, joint) differ on this family (lib_asag.perturb.families)."""
+        return bool(getattr(_family_row(self.family), "has_scope", False))
+
+    @property
     def window(self) -> tuple[float, float] | None:
         """The explicit (start, end) sent with ASAG on this model (DIT_WINDOW for DiTs), None = the defaults."""
         return DIT_WINDOW if self.is_dit else None

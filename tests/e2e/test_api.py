@@ -29,9 +29,9 @@ def test_listed_in_scripts_and_script_info(webui):
     from lib_asag.params import ARG_ORDER, DEFAULTS
     for s in info:
         assert s["is_alwayson"]
-        assert len(s["args"]) == len(ARG_ORDER) >= 10
+        assert len(s["args"]) == len(ARG_ORDER) == 11
         values = [a["value"] for a in s["args"]]
-        assert values[:10] == [False, 3.0, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same"]  # README's API table
+        assert values == [False, 3.0, "", 3, 1.0, 0.0, 1.0, "constant", 0.0, "same", "image"]  # README's API table
         assert values == [getattr(DEFAULTS, name) for name in ARG_ORDER]
 
 
@@ -107,8 +107,8 @@ def test_png_info_round_trip_regenerates_the_image(webui, asag):
 
 @pytest.mark.parametrize("form", ["named", "all", "too many"])
 def test_arg_forms_give_the_same_image(webui, asag, form):
-    """The named object, every positional arg, and two more than the script has: both hosts' /sdapi copy at most
-    the script's own number of args (modules/api/api.py init_script_args), so the extra two are dropped."""
+    """The named object, every positional arg (11), and two more than the script has: both hosts' /sdapi copy at
+    most the script's own number of args (modules/api/api.py init_script_args), so the 12th and 13th are dropped."""
     args = {"named": [webui.on_named()], "all": webui.args(), "too many": webui.args() + ["extra", 7]}[form]
     got = webui.txt2img(args)
     assert got.status == 200

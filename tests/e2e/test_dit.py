@@ -152,3 +152,22 @@ def test_batch_and_samplers(dit, plain, changes):
     for i in range(len(on.images)):
         assert on.pixels(i) != off.pixels(i), i
         assert on.params(i).get("ASAG scale") == "3.0" and "ASAG error" not in on.params(i), on.params(i)
+
+
+def test_scope_image_and_joint(dit, plain, asag):
+    """Scope `image` (default: Sinkhorn on the image x image block of the joint attention) and `joint` (all of it)
+    both guide; they differ where the family has a joint text+image attention (SD3, Flux, Chroma, ...), and are the
+    same image where the perturbed self-attention has image tokens only (Anima, Wan: README, Use)."""
+    from lib_asag.params import ARG_ORDER
+    if "scope" not in ARG_ORDER:
+        pytest.skip("this checkout has no scope arg")
+    joint = dit.txt2img(dit.args(scope="joint"))
+    assert joint.status == 200, joint.body
+    params = joint.params()
+    assert params.get("ASAG scope") == "joint" and "ASAG error" not in params, params
+    assert "ASAG scope" not in asag().params()  # the default is not written
+    assert joint.pixels() != plain().pixels()
+    if dit.has_scope:
+        assert joint.pixels() != asag().pixels()
+    else:
+        assert joint.pixels() == asag().pixels()

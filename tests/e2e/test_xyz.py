@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 AXES = {"ASAG scale": ["1", "6"], "ASAG layers": ["middle", "all"], "ASAG iterations": ["0", "5"],
-        "ASAG epsilon": ["0.1", "10"]}
+        "ASAG epsilon": ["0.1", "10"], "ASAG scope": ["image", "joint"]}
 
 
 def _values(webui, axis: str) -> list[str]:
@@ -43,8 +43,11 @@ def _script_args(info, axis: str, values: list[str]) -> list:
     return args
 
 
-@pytest.mark.parametrize("axis", ["ASAG scale", "ASAG layers"])  # all four are checked as offered above
+@pytest.mark.parametrize("axis", ["ASAG scale", "ASAG layers", "ASAG scope"])  # all are checked as offered above
 def test_xyz_sweep(webui, plain, axis):
+    if axis == "ASAG scope" and not webui.has_scope:
+        pytest.skip(f"the scope changes only a joint text+image attention; on {webui.family} both scopes are the same "
+                    "(README: no effect on UNets, Anima and Wan; Lumina 2 runs joint)")
     info = _xyz(webui, "txt2img")
     if axis not in info["args"][0]["choices"]:
         pytest.fail(f"{axis} not offered by the XYZ script (ui={webui.ui})")
@@ -71,6 +74,8 @@ def test_xyz_sweep(webui, plain, axis):
             assert float(params[key]) == float(value)
         elif axis == "ASAG layers":
             assert params[key] == value
+        elif axis == "ASAG scope":
+            assert params.get(key, "image") == value  # the default (image) is not written
         else:
             assert float(params[key]) == float(value)
             assert params["ASAG layers"] == "all"

@@ -93,13 +93,26 @@ def make_cond(condition, family, crossattn, vector, guidance, strength=None):
     return entry
 
 
-def reference_attention(module, iterations: float, epsilon: float):
-    from sinkhorn_reference import sinkhorn_attention_reference
+IMAGE_TOKENS = 16  # an 8x8 latent in 2x2 patches (Flux, Chroma and MMDiT-X all patchify 2x2)
+EVERY_STEP = dict(start=0.0, end=0.99)  # start 0 with end 1 would mean the DiT default window 0.01-0.15
+
+
+def reference_sinkhorn(q, k, v, heads: int, iterations: float, epsilon: float, scope: str):
+    """float64 on flat (B, N, heads*d). Scope "image": on a joint call (text first, then the IMAGE_TOKENS image
+    tokens; counted from the latent, not by the code under test) Sinkhorn on the image x image block only; an
+    image-only call (MMDiT-X attn2) is perturbed whole."""
+    from sinkhorn_reference import image_only_attention_reference, sinkhorn_attention_reference
+    if scope == "image" and q.shape[1] > IMAGE_TOKENS:
+        return image_only_attention_reference(q, k, v, heads, q.shape[1] - IMAGE_TOKENS, iterations, epsilon)
+    return sinkhorn_attention_reference(q, k, v, heads, iterations, epsilon)
+
+
+def reference_attention(module, iterations: float, epsilon: float, scope: str):
     if module.__name__ == "backend.nn.mmditx":
         def attention(q, k, v, heads, mask=None):
             assert mask is None
             k, v = (t.reshape(q.shape[0], -1, q.shape[-1]) for t in (k, v))  # v is (B, N, heads, d) here
-            return sinkhorn_attention_reference(q, k, v, heads, iterations, epsilon).to(q.dtype)
+            return reference_sinkhorn(q, k, v, heads, iterations, epsilon, scope).to(q.dtype)
         return attention
     apply_rope = sys.modules["backend.nn.flux"].apply_rope
 
@@ -107,7 +120,7 @@ def reference_attention(module, iterations: float, epsilon: float):
         q, k = apply_rope(q, k, pe)
         b, h, n, d = q.shape
         flat = [t.transpose(1, 2).reshape(b, t.shape[2], h * d) for t in (q, k, v)]
-        return sinkhorn_attention_reference(*flat, h, iterations, epsilon).to(q.dtype)
+        return reference_sinkhorn(*flat, h, iterations, epsilon, scope).to(q.dtype)
 
     return attention
 
@@ -121,7 +134,8 @@ def reference(sampling, shared, params, blocks, x, sigma, uncond, cond, cond_sca
         modules = {sys.modules[type(b).__module__] for b in blocks}
         saved = {m: m.attention for m in modules}
         for module in modules:
-            perturbed, original = reference_attention(module, params.iterations, params.epsilon), saved[module]
+            perturbed = reference_attention(module, params.iterations, params.epsilon, params.scope)
+            original = saved[module]
             module.attention = (lambda p_, o_: lambda *a, **k: (p_ if flag else o_)(*a, **k))(perturbed, original)
         for block in blocks:
             def forward(*a, _block=block, **k):
@@ -178,7 +192,7 @@ def expected_calls(mode: str, n_conds: int, cond_scale: float, chosen: list[str]
 
 
 def check_case(api, adapter_cls, family: str, spec: str, cond_scale: float, n_conds: int, seed: int,
-               mode: str = "batched", sabotage: str = "") -> dict:
+               mode: str = "batched", sabotage: str = "", scope: str = "image") -> dict:
     from backend.sampling import condition
     from lib_asag import layers
     from lib_asag.params import ASAGParams
@@ -205,7 +219,7 @@ def check_case(api, adapter_cls, family: str, spec: str, cond_scale: float, n_co
     before = copy.deepcopy(shared.model_options)
     p = SimpleNamespace(sd_model=sd_model, sampler=SimpleNamespace(model_wrap_cfg=SimpleNamespace(step=0, total_steps=8)),
                         extra_generation_params={"ASAG scale": 2.0}, is_hr_pass=False, comment=lambda text: None)
-    params = ASAGParams(enabled=True, scale=2.0, layers=spec, iterations=3, epsilon=0.8)
+    params = ASAGParams(enabled=True, scale=2.0, layers=spec, iterations=3, epsilon=0.8, scope=scope, **EVERY_STEP)
     adapter = adapter_cls("forge_backend")
     with batch_mode(mode):
         messages = adapter.setup(p, params)
@@ -259,7 +273,7 @@ def check_case(api, adapter_cls, family: str, spec: str, cond_scale: float, n_co
     error = float((got - expected.float()).abs().max())
     assert term > 100 * tol, (term, tol)
     assert error <= tol, (error, tol)
-    return {"model": type(diffusion_model).__name__, "mode": mode, "spec": spec, "blocks": chosen,
+    return {"model": type(diffusion_model).__name__, "mode": mode, "scope": scope, "spec": spec, "blocks": chosen,
             "cfg": cond_scale, "conds": n_conds, "calls": len(calls), "term_max": round(term, 4), "error_max": error,
             "out_max": round(float(expected.abs().max()), 3)}
 
@@ -305,8 +319,8 @@ NOT_PERTURBED = [("sd3", "joint.0-1", 4.0, 1, "skip_layers"), ("flux", "double.1
 
 
 def run(api, adapter_cls) -> dict:
-    results = [check_case(api, adapter_cls, *case, seed=i, mode=mode)
-               for mode in ("batched", "separate") for i, case in enumerate(CASES)]
+    results = [check_case(api, adapter_cls, *case, seed=i, mode=mode, scope=scope)
+               for scope in ("image", "joint") for mode in ("batched", "separate") for i, case in enumerate(CASES)]
     proofs = [check_case(api, adapter_cls, family, spec, cfg, conds, seed=i, mode=mode, sabotage=sabotage)
               for mode in ("batched", "separate")
               for i, (family, spec, cfg, conds, sabotage) in enumerate(NOT_PERTURBED)]

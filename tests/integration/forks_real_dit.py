@@ -153,9 +153,15 @@ def make_cond(condition, family, crossattn, g, strength=None):
     return entry
 
 
-def reference_global(layout: str, iterations: int, epsilon: float):
-    """A float64 Sinkhorn with the signature and layout of the host's attention function."""
-    from sinkhorn_reference import sinkhorn_attention_reference
+IMAGE_TOKENS = 16  # the 8x8 latents of check_case in 2x2 patches
+EVERY_STEP = dict(start=0.0, end=0.99)  # start 0 with end 1 would mean the DiT default window 0.01-0.15
+
+
+def reference_global(layout: str, iterations: int, epsilon: float, image_only: bool = False):
+    """A float64 Sinkhorn with the signature and layout of the host's attention function; `image_only`: on a joint
+    call of TXT + IMAGE_TOKENS tokens (text first; counted from the inputs, not by the code under test), the
+    image-only scope."""
+    from sinkhorn_reference import image_only_attention_reference, sinkhorn_attention_reference
 
     def attention(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, **kwargs):
         assert mask is None
@@ -163,6 +169,9 @@ def reference_global(layout: str, iterations: int, epsilon: float):
             q, k, v = (t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1) for t in (q, k, v))
         else:  # mmditx hands v over as (B, N, heads, d)
             k, v = (t.reshape(q.shape[0], -1, q.shape[-1]) for t in (k, v))
+        if image_only and q.shape[1] != IMAGE_TOKENS:
+            assert q.shape[1] == TXT + IMAGE_TOKENS, q.shape
+            return image_only_attention_reference(q, k, v, heads, TXT, iterations, epsilon).to(q.dtype)
         return sinkhorn_attention_reference(q, k, v, heads, iterations, epsilon).to(q.dtype)
 
     return attention
@@ -176,7 +185,10 @@ def reference(api, family, shared, params, targets, x, sigma, uncond, cond, cond
         d_c, d_u = api.sampling.calc_cond_uncond_batch(shared.model, cond, uncond if cond_scale != 1.0 else None, x,
                                                        sigma, options)
         flag: list[int] = []
-        original, perturbed = getattr(module, global_name), reference_global(layout, params.iterations, params.epsilon)
+        from lib_asag.perturb import families
+        image_only = params.scope == "image" and families.FAMILIES[family].has_scope
+        original = getattr(module, global_name)
+        perturbed = reference_global(layout, params.iterations, params.epsilon, image_only)
         setattr(module, global_name, lambda *a, **k: (perturbed if flag else original)(*a, **k))
         for target in targets:
             def forward(*a, _target=target, **k):
@@ -208,7 +220,7 @@ class ModeLines(logging.Handler):
             self.lines.append(record.getMessage())
 
 
-def check_case(api, family, spec, targets, cond_scale, n_conds, seed, mode="batched"):
+def check_case(api, family, spec, targets, cond_scale, n_conds, seed, mode="batched", scope="image"):
     from lib_asag.hosts.forge import Adapter
     from lib_asag.params import ASAGParams
     diffusion_model, predictor, channels, width = build(family, seed)
@@ -220,7 +232,7 @@ def check_case(api, family, spec, targets, cond_scale, n_conds, seed, mode="batc
     sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=shared), is_sd3=family == "sd3")
     p = SimpleNamespace(sd_model=sd_model, sampler=SimpleNamespace(model_wrap_cfg=SimpleNamespace(step=0, total_steps=8)),
                         extra_generation_params={}, is_hr_pass=False, comment=lambda text: None)
-    params = ASAGParams(enabled=True, scale=2.0, layers=spec, iterations=3, epsilon=0.8)
+    params = ASAGParams(enabled=True, scale=2.0, layers=spec, iterations=3, epsilon=0.8, scope=scope, **EVERY_STEP)
     if mode == "separate":  # the documented switch (lib_asag/hosts/base.py switched_off)
         os.environ["ASAG_BATCH"] = "0"
     else:
@@ -262,7 +274,7 @@ def check_case(api, family, spec, targets, cond_scale, n_conds, seed, mode="batc
     assert error <= tol, (family, error, tol)
     assert len(handler.lines) == 1 and ("separate" in handler.lines[0]) == (mode == "separate" or n_conds > 1), \
         handler.lines  # AND-prompts of different weights are never batched
-    return {"family": family, "model": type(diffusion_model).__name__, "spec": spec, "targets": targets,
+    return {"family": family, "model": type(diffusion_model).__name__, "scope": scope, "spec": spec, "targets": targets,
             "cfg": cond_scale, "conds": n_conds, "mode": handler.lines[0][len("ASAG: perturbed pass "):],
             "term_max": round(term, 5), "error_max": error, "tol": tol}
 
@@ -301,7 +313,7 @@ def check_block_cache(api, webui: str) -> dict:
     logging.getLogger("asag").addHandler(handler)
     os.environ.pop("ASAG_BATCH", None)
     try:
-        assert Adapter("forge_backend").setup(p, ASAGParams(enabled=True, layers="block.1")) == []
+        assert Adapter("forge_backend").setup(p, ASAGParams(enabled=True, layers="block.1", **EVERY_STEP)) == []
         clone = sd_model.forge_objects.unet
         g = torch.Generator().manual_seed(8)
         x = torch.randn(B, channels, 8, 8, generator=g)
@@ -358,7 +370,8 @@ def main(webui: str, repo: str, families: list[str]) -> None:
     api = SimpleNamespace(KModel=KModel, UnetPatcher=UnetPatcher, condition=condition, sampling=sampling_function)
     from lib_asag import hosts
     assert hosts.detect_host() == "forge_backend", hosts.detect_host()
-    results = [check_case(api, *case, seed=i, mode=mode) for i, case in enumerate(CASES) if case[0] in families
+    results = [check_case(api, *case, seed=i, mode=mode, scope=scope) for scope in ("image", "joint")
+               for i, case in enumerate(CASES) if case[0] in families
                for mode in ("batched", "separate")]
     block_cache = check_block_cache(api, webui) if "anima" in families else None
     host_file = sys.modules["backend.sampling.sampling_function"].__file__

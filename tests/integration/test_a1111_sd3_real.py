@@ -122,7 +122,8 @@ def test_real_mmdit_block_names_family_and_support(real_sd3):
 
 
 @pytest.mark.parametrize("chosen", [[0, 2], [1]])
-def test_real_base_model_perturbed_output_matches_reference(real_sd3, chosen):
+@pytest.mark.parametrize("scope", ["image", "joint"])
+def test_real_base_model_perturbed_output_matches_reference(real_sd3, chosen, scope):
     from lib_asag.perturb import dit
     H = _harness()
     model = _base_model(real_sd3.sd3_impls)
@@ -131,11 +132,12 @@ def test_real_base_model_perturbed_output_matches_reference(real_sd3, chosen):
     reference = copy.deepcopy(model)
     for i in chosen:
         block = reference.diffusion_model.joint_blocks[i]
-        block.forward = types.MethodType(H.joint_block_reference_forward(3, 0.6), block)
+        block.forward = types.MethodType(H.joint_block_reference_forward(3, 0.6, scope), block)
 
     with torch.no_grad():
         plain = model.apply_model(x, sigma, c_crossattn=context, y=y)
-        with dit.perturbed_blocks(dict(enumerate([blocks[i] for i in chosen])), iterations=3, epsilon=0.6):
+        with dit.perturbed_blocks(dict(enumerate([blocks[i] for i in chosen])), iterations=3, epsilon=0.6,
+                                  scope=scope, model=model.diffusion_model):
             got = model.apply_model(x, sigma, c_crossattn=context, y=y)
         after = model.apply_model(x, sigma, c_crossattn=context, y=y)
         expected = reference.apply_model(x, sigma, c_crossattn=context, y=y)

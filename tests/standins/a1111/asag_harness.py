@@ -29,18 +29,22 @@ def sinkhorn_reference_forward(iterations: int, epsilon: float):
     return forward
 
 
-def joint_block_reference_forward(iterations: int, epsilon: float):
+def joint_block_reference_forward(iterations: int, epsilon: float, scope: str = "joint"):
     """JointBlock forward: block_mixing of modules/models/sd3/mmdit.py re-done with the textbook float64 Sinkhorn
-    over the joint text+image sequence (text first), from the host block's own pre/post_attention."""
+    over the joint text+image sequence (text first), from the host block's own pre/post_attention; scope
+    "image": on its image x image block only, the text count taken from the block's own context stream."""
 
     def forward(self, context, x, c):
-        from sinkhorn_reference import sinkhorn_attention_reference
+        from sinkhorn_reference import image_only_attention_reference, sinkhorn_attention_reference
         context_qkv, context_rest = self.context_block.pre_attention(context, c)
         x_qkv, x_rest = self.x_block.pre_attention(x, c)
         # v arrives as split_qkv leaves it, (B, N, heads, d); q and k flattened after QK-norm
         q, k, v = (torch.cat((a, b), dim=1).flatten(2) for a, b in zip(context_qkv, x_qkv))
-        attn = sinkhorn_attention_reference(q, k, v, self.x_block.attn.num_heads, iterations, epsilon).to(q.dtype)
-        n_text = context_qkv[0].shape[1]
+        n_text, heads = context_qkv[0].shape[1], self.x_block.attn.num_heads
+        if scope == "image":
+            attn = image_only_attention_reference(q, k, v, heads, n_text, iterations, epsilon).to(q.dtype)
+        else:
+            attn = sinkhorn_attention_reference(q, k, v, heads, iterations, epsilon).to(q.dtype)
         if self.context_block.pre_only:
             context = None
         else:
@@ -134,7 +138,8 @@ def _pad(cond, tokens, empty):
 
 
 def reference_run(model, case: Case, *, scale: float, layer_paths: list[str], iterations: int, epsilon: float,
-                  pad: bool = False, skip_odd_steps_below: float = 0.0, rescale: float = 0.0) -> torch.Tensor:
+                  pad: bool = False, skip_odd_steps_below: float = 0.0, rescale: float = 0.0,
+                  scope: str = "joint") -> torch.Tensor:
     from k_diffusion.external import CompVisDenoiser
 
     def denoiser(m):  # CFGDenoiserKDiffusion.inner_model: the model's own create_denoiser() if it has one
@@ -144,8 +149,9 @@ def reference_run(model, case: Case, *, scale: float, layer_paths: list[str], it
     perturbed_model = copy.deepcopy(model)
     modules = dict(perturbed_model.model.diffusion_model.named_modules())
     for path in layer_paths:
-        make = joint_block_reference_forward if path.startswith("joint_blocks.") else sinkhorn_reference_forward
-        modules[path].forward = types.MethodType(make(iterations, epsilon), modules[path])
+        forward = (joint_block_reference_forward(iterations, epsilon, scope) if path.startswith("joint_blocks.")
+                   else sinkhorn_reference_forward(iterations, epsilon))
+        modules[path].forward = types.MethodType(forward, modules[path])
     perturbed = denoiser(perturbed_model)
     tokens_u = (case.unconds[0]["crossattn"] if isinstance(case.unconds[0], dict) else case.unconds[0]).shape[0]
 
