@@ -42,11 +42,14 @@ FAMILY_HINTS = (("anima", ("anima", "cosmos")), ("flux2", ("flux2", "flux.2", "k
                 ("chroma", ("chroma",)), ("sd3", ("sd3", "stablediffusion3")), ("lumina2", ("lumina", "zimage")),
                 ("wan", ("wan2", "wan-", "wan_")), ("qwen_image", ("qwen",)), ("sdxl", ("xl",)))
 
-# What a family's generations need besides BASE (host quirks, not ASAG's): Anima on ersatzForge samples at
-# sigma 1.499 ... 0 with the "Automatic" scheduler and returns a NaN (black) image whatever the weights
-# (../shared/hosts README section 6); Flux dev is a guidance-distilled model run at CFG 1.
-FAMILY_PAYLOAD = {"anima": {"scheduler": "Simple"}, "lumina2": {"scheduler": "Simple"},
-                  "flux": {"cfg_scale": 1, "distilled_cfg_scale": 3.5}}
+# What a family's generations need besides BASE (host quirks, not ASAG's). Flux dev is a guidance-distilled model
+# run at CFG 1. On the Forge family every DiT (a flow model) gets the "Simple" scheduler: with "Automatic", Euler
+# takes k_diffusion/external.py ForgeScheduleLinker.get_sigmas, linspace(t_max, 0, n) in timesteps, whose last
+# timestep maps to sigma 0 before the appended 0 (SD3.5, PredictionDiscreteFlow shift 3, 2 steps: 0.9997, 0, 0;
+# Anima on ersatzForge: 1.499 ... 0, 0, ../shared/hosts README section 6), so the last step divides by sigma 0 and
+# the image is all black (NaN), with or without ASAG, whatever the weights.
+FAMILY_PAYLOAD = {"flux": {"cfg_scale": 1, "distilled_cfg_scale": 3.5}}
+FORGE_DIT_PAYLOAD = {"scheduler": "Simple"}
 
 DIT_WINDOW = (0.0, 0.99)
 """Start / end sent with ASAG on a diffusion transformer. The family's default window (0.01-0.15 for DiTs in the
@@ -121,7 +124,8 @@ class WebUI:
         self.checkpoint = self.pinned_checkpoint or str(options.get("sd_model_checkpoint") or "")
         self.family = os.environ.get("ASAG_E2E_FAMILY") or family_from_checkpoint(self.checkpoint)
         self.controlnet_models = self._controlnet_models()
-        self.extra = {**FAMILY_PAYLOAD.get(self.family, {}), **json.loads(os.environ.get("ASAG_E2E_PAYLOAD") or "{}")}
+        self.extra = {**(FORGE_DIT_PAYLOAD if self.host == "forge" and self.is_dit else {}),
+                      **FAMILY_PAYLOAD.get(self.family, {}), **json.loads(os.environ.get("ASAG_E2E_PAYLOAD") or "{}")}
         self._layers: tuple[Result, str] | None = None
 
     # --- the model family and its layers -------------------------------------------------------------------

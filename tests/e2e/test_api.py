@@ -35,6 +35,14 @@ def test_listed_in_scripts_and_script_info(webui):
         assert values == [getattr(DEFAULTS, name) for name in ARG_ORDER]
 
 
+def test_the_plain_image_is_not_blank(webui, plain):
+    """Every comparison below needs an image with content: a one-colour plain image (a NaN latent: e.g. a flow model
+    sampled with Forge's "Automatic" schedule, which ends on sigma 0 twice) makes "ASAG changes the image" fail for the
+    host's reason. Random weights give noise-like images, so more than one colour is all that is asked."""
+    got = plain()
+    assert len(set(got.pixels())) > 1, f"the plain image is one colour: {got.infotexts[0][-300:]}"
+
+
 # --- disabled / enabled --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("off", [[False, 5.0, "all"], [{"enabled": False, "scale": 5.0}]])
