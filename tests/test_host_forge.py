@@ -279,6 +279,25 @@ def test_scale_zero_and_inactive_steps_give_exactly_plain_cfg(host, mode, monkey
     assert len(p0.sd_model.forge_objects.unet.model.calls) == 1
 
 
+@pytest.mark.parametrize("mode", ["batched", "separate"])
+def test_scale_zero_in_the_window_counts_its_steps_as_guided(host, mode, monkeypatch):
+    """Scale 0 (README: 0 = no effect) in a window that holds the steps: ASAG ran at every step with a zero term and
+    no extra call; the steps count as guided, so the script writes `ASAG scale: 0.0` and not the error for a window
+    that held no step (`_report_unguided` in scripts/asag.py, which said 'none fell in its active window 0-0.99')."""
+    use_mode(host, mode, monkeypatch)
+    plain = run_step(host.processing_for("sd1"))
+    p = host.processing_for("sd1")
+    p._host = host
+    adapter = host.adapter_module.Adapter(host.name)
+    adapter.reset_count()
+    assert adapter.setup(p, ASAGParams(enabled=True, scale=0.0, start=0.0, end=0.99)) == []
+    got = [run_step(p, step=i, total=2) for i in range(2)]
+    adapter.teardown(p)
+    assert all(torch.equal(g, plain) for g in got)
+    assert len(p.sd_model.forge_objects_original.unet.model.calls) == 2  # the host's calls only
+    assert adapter.guided_steps == 2
+
+
 def test_progress_falls_back_to_the_shared_state_counters(host):
     p = host.processing_for("sd1")
     shared_state = importlib.import_module("modules.shared").state

@@ -437,6 +437,18 @@ def test_a_window_that_holds_no_step_is_reported_not_claimed(env, window):
     assert p.extra_generation_params["ASAG scale"] == 3.0 and asag_params.ERROR_KEY not in p.extra_generation_params
 
 
+def test_scale_zero_in_the_window_is_recorded_not_reported_as_unguided(env):
+    """Scale 0 (README: 0 = no effect) with every step in the window: ASAG ran with a zero term, so the infotext
+    says `ASAG scale: 0.0` and the image is the plain one; the no-step error ('none fell in its active window')
+    would be false here."""
+    case = H.make_case(env.shared.sd_model, steps=2)
+    absent = generate(env, _p(env), [], case, script=False)[0]
+    p = _p(env)
+    got = generate(env, p, _args(env, enabled=True, scale=0.0, layers="all"), case)[0]
+    assert torch.equal(got, absent)
+    assert p.extra_generation_params == {"ASAG scale": 0.0, "ASAG layers": "all"}
+
+
 @pytest.mark.parametrize("hires,patched_in_hr", [("same", True), ("off", False)])
 def test_hires_pass_behaviour(env, hires, patched_in_hr):
     model = env.shared.sd_model

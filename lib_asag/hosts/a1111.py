@@ -424,6 +424,8 @@ def _on_cfg_denoiser(params: Any) -> None:
     total = denoiser.total_steps or params.total_sampling_steps
     scale = guidance.effective_scale(session.params, denoiser.step, total)
     if scale == 0.0:
+        if guidance.is_active(denoiser.step, total, start=session.params.start, end=session.params.end):
+            session.applied_steps += 1  # scale 0 in the window: ASAG ran, its term is exactly 0 (no extra rows)
         return
     step = _Step(denoiser, params, scale)
     try:

@@ -289,8 +289,11 @@ def _post_cfg_function(session: _Session) -> Callable[[dict], torch.Tensor]:
         try:
             if _interrupted():
                 return denoised
-            scale = guidance.effective_scale(session.params, *progress(session.p))
+            step, total = progress(session.p)
+            scale = guidance.effective_scale(session.params, step, total)
             if scale == 0.0:
+                if guidance.is_active(step, total, start=session.params.start, end=session.params.end):
+                    session.applied_steps += 1  # scale 0 in the window: ASAG ran, its term is exactly 0
                 return denoised  # exactly the host's CFG result, no extra model call
             guided = _guided(session, args, scale)
         except Exception as e:

@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="set ASAG_E2E_URL to a running WebUI (tests/e2e/run.sh URL)")
     for item in items:
-        needs_server = {"webui", "api", "plain", "asag"} & set(getattr(item, "fixturenames", ()))
+        needs_server = {"webui", "api", "plain", "asag", "dit", "unet"} & set(getattr(item, "fixturenames", ()))
         if "tests/e2e/" in str(item.fspath).replace(os.sep, "/") and needs_server:
             item.add_marker(skip)
 
@@ -42,7 +42,7 @@ def webui():
         pytest.skip("set ASAG_E2E_URL to a running WebUI")
     server = client().WebUI(URL)
     print(f"\nASAG e2e: {server.url} host={server.host} ui={server.ui} checkpoint={server.checkpoint!r} "
-          f"family={server.family} controlnet={server.controlnet_models}")
+          f"family={server.family} dit={server.is_dit} payload={server.extra} controlnet={server.controlnet_models}")
     return server
 
 
@@ -65,11 +65,25 @@ def plain(webui):
     return _cached(webui, None)
 
 
-ON = [True, 3.0, "all"]
-"""ASAG on every attn1 layer: an effect well above PNG rounding at 64 px with random weights."""
+@pytest.fixture(scope="session")
+def asag(webui):
+    """The generation with ASAG on every layer (`webui.on()`: "all", plus an explicit window on DiTs), cached per
+    payload: on a UNet every attn1, an effect well above PNG rounding at 64 px with random weights."""
+    return _cached(webui, webui.on())
 
 
 @pytest.fixture(scope="session")
-def asag(webui):
-    """The generation with ON, cached per payload."""
-    return _cached(webui, ON)
+def dit(webui):
+    """The server's model is a diffusion transformer (else the test is skipped)."""
+    if not webui.is_dit:
+        pytest.skip(f"UNet checkpoint {webui.checkpoint!r} ({webui.family}); this test is for diffusion transformers")
+    return webui
+
+
+@pytest.fixture(scope="session")
+def unet(webui):
+    """The server's model is a UNet (else the test is skipped)."""
+    if webui.is_dit:
+        pytest.skip(f"{webui.family} checkpoint {webui.checkpoint!r}: a UNet-only test (UNet layer names or the UNet "
+                    "default preset; the DiT counterparts are in test_dit.py)")
+    return webui

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-ON = [True, 3.0, "all"]  # every attn1 layer: an effect well above PNG rounding at 64 px (conftest.ON)
+# ASAG on = webui.on(): every attn1 layer (conftest.asag)
 
 
 @pytest.fixture(scope="module")
@@ -13,8 +13,8 @@ def cn(webui):
         pytest.skip("no ControlNet API on this server (/controlnet/model_list)")
     if not webui.controlnet_models:
         pytest.skip("ControlNet has no model here (Forge lists models only when started with its UI)")
-    if webui.family == "sdxl":
-        pytest.skip("the ControlNet model here is an SD1.5 one; the checkpoint is SDXL")
+    if webui.family != "sd1":
+        pytest.skip(f"the ControlNet model here is an SD1.5 one; the checkpoint is {webui.family}")
     model = next((m for m in webui.controlnet_models if "controlnet" in m.lower()), webui.controlnet_models[0])
     module = "None" if webui.host == "forge" else "none"
     return model, module
@@ -32,7 +32,7 @@ def test_asag_with_controlnet_units(webui, api, plain, cn, units):
     scripts = {"controlnet": {"args": [_unit(api, model, module, seed) for seed in range(units)]}}
     base = plain()
     control = webui.txt2img(None, alwayson_scripts=scripts)
-    both = webui.txt2img(ON, alwayson_scripts=scripts)
+    both = webui.txt2img(webui.on(), alwayson_scripts=scripts)
     assert control.status == 200 and both.status == 200, (control.body, both.body)
     assert control.pixels() != base.pixels(), "the ControlNet unit had no effect"
     assert both.pixels() != control.pixels(), "ASAG had no effect with ControlNet"

@@ -51,7 +51,8 @@ def _run(lang: str, code: str, url: str, cwd: Path) -> subprocess.CompletedProce
 
 
 @pytest.mark.parametrize("index", range(len(api_examples())))
-def test_readme_api_example(webui, api, index, tmp_path):
+def test_readme_api_example(webui, unet, api, index, tmp_path):
+    """The examples name UNet layers ("middle", "middle, output.3-5"): the README runs them on SD1.x / SD2.x / SDXL."""
     lang, code = api_examples()[index]
     run = _run(lang, code, webui.url, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]

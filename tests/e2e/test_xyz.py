@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 
 AXES = {"ASAG scale": ["1", "6"], "ASAG layers": ["middle", "all"], "ASAG iterations": ["0", "5"],
-        "ASAG epsilon": ["0.1", "10"]}
+        "ASAG epsilon": ["0.1", "10"], "ASAG scope": ["image", "joint"]}
+
+
+def _values(webui, axis: str) -> list[str]:
+    """The axis values; a DiT's layers axis names two of its blocks ("joint.0, joint.1"), which every model of
+    the family has (a cell per block, the cells must differ)."""
+    if axis == "ASAG layers" and webui.is_dit:
+        prefix = webui.block_prefixes[0]
+        return [f"{prefix}.0", f"{prefix}.1"]
+    return AXES[axis]
 
 
 def _xyz(webui, tab: str):
@@ -34,22 +43,29 @@ def _script_args(info, axis: str, values: list[str]) -> list:
     return args
 
 
-@pytest.mark.parametrize("axis", ["ASAG scale", "ASAG layers"])  # all four are checked as offered above
-def test_xyz_sweep(webui, axis):
+@pytest.mark.parametrize("axis", ["ASAG scale", "ASAG layers", "ASAG scope"])  # all are checked as offered above
+def test_xyz_sweep(webui, plain, axis):
+    if axis == "ASAG scope" and not webui.has_scope:
+        pytest.skip(f"the scope changes only a joint text+image attention; on {webui.family} both scopes are the same "
+                    "(README: no effect on UNets, Anima and Wan; Lumina 2 runs joint)")
     info = _xyz(webui, "txt2img")
     if axis not in info["args"][0]["choices"]:
         pytest.fail(f"{axis} not offered by the XYZ script (ui={webui.ui})")
-    values = AXES[axis]
-    base_layers = "all" if axis != "ASAG layers" else ""
+    values = _values(webui, axis)
+    base = webui.on("all" if axis != "ASAG layers" else "")
+    base[0] = False  # the axis turns ASAG on for its cells
+    # A UNet's layers axis runs with no ASAG args at all (the UI's defaults); a DiT needs its window (DIT_WINDOW).
+    scripts = {} if axis == "ASAG layers" and not webui.is_dit else {"ASAG": {"args": base}}
     got = webui.txt2img(None, script_name="x/y/z plot", script_args=_script_args(info, axis, values),
-                        prompt="a lighthouse at dusk", alwayson_scripts={} if axis == "ASAG layers" else
-                        {"ASAG": {"args": [False, 3.0, base_layers]}})
+                        prompt="a lighthouse at dusk", alwayson_scripts=scripts)
     assert got.status == 200, got.body
     # images: [grid, cell 1, cell 2]; infotexts alike
     cells = list(range(1, len(got.images)))
     assert len(cells) == len(values), (len(got.images), got.infotexts)
     pix = [got.pixels(i) for i in cells]
     assert len(set(pix)) == len(values), "cells are identical"
+    if webui.is_dit or axis != "ASAG layers":  # at 64 px an SD1.x "middle" cell is the plain image (one token)
+        assert plain().pixels() not in pix, "a cell is the image without ASAG"
     key = axis
     for i, value in zip(cells, values):
         params = got.params(i)
@@ -58,6 +74,8 @@ def test_xyz_sweep(webui, axis):
             assert float(params[key]) == float(value)
         elif axis == "ASAG layers":
             assert params[key] == value
+        elif axis == "ASAG scope":
+            assert params.get(key, "image") == value  # the default (image) is not written
         else:
             assert float(params[key]) == float(value)
             assert params["ASAG layers"] == "all"
