@@ -45,6 +45,11 @@ MODELS = {
     ("neo", "lumina2"): ("backend.nn.lumina", "NextDiT", ("backend.nn.lumina", "attention_function"), ""),
     ("neo", "qwen_image"): ("backend.nn.qwen", "QwenImageTransformer2DModel",
                             ("backend.nn.qwen", "attention_function"), ""),
+    # Neo's Chroma is built of nn/flux.py's blocks, which call flux's `attention` -> flux's attention_function
+    ("neo", "chroma"): ("backend.nn.chroma", "IntegratedChromaTransformer2DModel",
+                        ("backend.nn.flux", "attention_function"), ""),
+    # Neo's WanSelfAttention calls the module's `attention` wrapper, which calls its attention_function
+    ("neo", "wan"): ("backend.nn.wan", "WanModel", ("backend.nn.wan", "attention_function"), "self_attn"),
 }
 
 
@@ -180,6 +185,8 @@ CASES = [
     ("neo", "flux", "double.0, single.1", ["double_blocks.0", "single_blocks.1"], 1.0),
     ("neo", "lumina2", "layer.1", ["layers.1"], CFG),
     ("neo", "qwen_image", "transformer.0-1", ["transformer_blocks.0", "transformer_blocks.1"], CFG),
+    ("neo", "chroma", "double.0, single.1", ["double_blocks.0", "single_blocks.1"], CFG),
+    ("neo", "wan", "block.1", ["blocks.1.self_attn"], CFG),
 ]
 
 
@@ -229,7 +236,8 @@ def sinkhorn_runs(monkeypatch, model, names):
     return seen, handles
 
 
-@pytest.mark.parametrize("host, family", [("ersatzforge", "anima"), ("ersatzforge", "wan"), ("neo", "anima")])
+@pytest.mark.parametrize("host, family", [("ersatzforge", "anima"), ("ersatzforge", "wan"), ("neo", "anima"),
+                                          ("neo", "wan")])
 @pytest.mark.parametrize("mode", ["batched", "separate"])
 def test_cross_attention_of_a_chosen_block_stays_as_it_is(fork, host, family, mode, monkeypatch):
     """The same module global serves self- and cross-attention in these blocks: only self_attn's call runs
@@ -245,6 +253,18 @@ def test_cross_attention_of_a_chosen_block_stays_as_it_is(fork, host, family, mo
     for handle in handles:
         handle.remove()
     assert sorted(seen) == ["blocks.0.self_attn", "blocks.1.self_attn"]
+
+
+@pytest.mark.parametrize("family", ["anima", "qwen_image", "wan"])
+def test_neo_presets_follow_the_model_class_not_its_is_wan_flag(fork, family):
+    """Forge Neo's Anima, Qwen-Image and Wan engines all set `is_wan = True` (backend/diffusion_engine/anima.py,
+    qwen.py, wan.py @ 0b824fed): the preset list offers the loaded model's own family, as the adapter resolves it."""
+    fork("neo")
+    from lib_asag import ui
+    p = processing("neo", family, is_wan=True)
+    assert ui.loaded_family(p.sd_model) == family
+    assert ui.presets_for(ui.loaded_family(p.sd_model))[0] == {"anima": "block.7-9", "qwen_image": "transformer.7-9",
+                                                               "wan": "block.7-9"}[family]
 
 
 # ------------------------------------------------------------------------------------- caches that skip calls

@@ -62,7 +62,7 @@ def refusal(diffusion_model: torch.nn.Module, blocks: Mapping[Hashable, torch.nn
                 f"{', '.join(families.dit_titles())}. Generating without ASAG.")
     if not blocks:
         return f"ASAG found no {family.title} transformer blocks in this model. Generating without ASAG."
-    unknown = sorted({_name(block) for block in blocks.values() if families.by_block(block) is not family})
+    unknown = sorted({_name(block) for block in blocks.values() if families.by_block(block, family) is not family})
     if unknown:
         return (f"ASAG does not know this {family.title} implementation (transformer blocks "
                 f"{', '.join(unknown)}). Generating without ASAG.")
@@ -298,10 +298,8 @@ def _hooks(key: Hashable, block: torch.nn.Module, running: _Running) -> list:
     return [block.register_forward_pre_hook(enter), block.register_forward_hook(leave)]
 
 
-def _count_image_tokens(model: torch.nn.Module | None, blocks: Mapping[Hashable, torch.nn.Module],
-                        running: _Running) -> list:
+def _count_image_tokens(model: torch.nn.Module | None, family: Family | None, running: _Running) -> list:
     """Hook the patch embedder named by the blocks' family row: each model call records its image token count."""
-    family = families.by_block(next(iter(blocks.values())))
     embedder = _submodule(model, family.image_tokens) if model is not None and family is not None else None
     if embedder is None:
         raise RuntimeError(f"the image-only scope needs the model's `{getattr(family, 'image_tokens', '')}`")
@@ -323,16 +321,17 @@ def perturbed_blocks(blocks: Mapping[Hashable, torch.nn.Module], *, iterations: 
     Blocks must be of a class listed in the family table (refusal() says why not, before this is entered)."""
     calls = SinkhornCalls() if calls is None else calls
     running = _Running()
-    family = families.by_block(next(iter(blocks.values()))) if blocks else None
+    model_family = families.by_model(model) if model is not None else None
+    family = families.by_block(next(iter(blocks.values())), model_family) if blocks else None
     image_only = families.effective_scope(family, scope) == "image" and family is not None and family.has_scope
     attend = _Attend(iterations, epsilon, running if image_only else None)
     swapped: list[tuple[types.ModuleType, str, Callable, Callable]] = []
     handles: list = []
     try:
         if image_only:
-            handles.extend(_count_image_tokens(model, blocks, running))
+            handles.extend(_count_image_tokens(model, family, running))
         for block in blocks.values():
-            family = families.by_block(block)
+            family = families.by_block(block, model_family)
             if family is None:
                 raise RuntimeError(f"{_name(block)} is not a transformer block of a known family")
             module = sys.modules[type(block).__module__]
@@ -347,7 +346,7 @@ def perturbed_blocks(blocks: Mapping[Hashable, torch.nn.Module], *, iterations: 
             setattr(module, name, dispatcher)
             swapped.append((module, name, original, dispatcher))
         for key, block in blocks.items():
-            family = families.by_block(block)
+            family = families.by_block(block, model_family)
             handles.extend(_hooks(key, getattr(block, family.within) if family.within else block, running))
         yield calls
     finally:

@@ -120,11 +120,15 @@ ROWS: tuple[Family, ...] = (
            block_classes=(("backend.nn.flux", "DoubleStreamBlock"), ("backend.nn.flux", "SingleStreamBlock")),
            layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope"), image_tokens="img_in", window=_DIT_WINDOW),
     # Chroma: Forge dfdcbab6 backend/nn/chroma.py imports flux's `attention`, so its blocks look up chroma's own
-    # global; ersatzForge's chroma.py applies RoPE inline and calls its own `attention_function` (head-major).
+    # global; ersatzForge's chroma.py applies RoPE inline and calls its own `attention_function` (head-major);
+    # Forge Neo's chroma.py (a port of ComfyUI v0.10.0) has no blocks of its own: it builds nn/flux.py's
+    # DoubleStreamBlock / SingleStreamBlock (modulation=False, the modulations passed in as `vec`), which call
+    # flux's `attention` -- listed here too, so they count as Chroma's blocks inside a Chroma model.
     Family("chroma", _FLUX_PRESETS, flags=("is_chroma",), label="Chroma",
            models=(("backend.nn.chroma", "IntegratedChromaTransformer2DModel"),),
            blocks=_FLUX_BLOCKS,
-           block_classes=(("backend.nn.chroma", "DoubleStreamBlock"), ("backend.nn.chroma", "SingleStreamBlock")),
+           block_classes=(("backend.nn.chroma", "DoubleStreamBlock"), ("backend.nn.chroma", "SingleStreamBlock"),
+                          ("backend.nn.flux", "DoubleStreamBlock"), ("backend.nn.flux", "SingleStreamBlock")),
            layout=HEADS_ROPE, rope=("backend.nn.flux", "apply_rope"),
            fork_attentions=(("attention_function", FUNCTION),), image_tokens="img_in", window=_DIT_WINDOW),
     # ---- the forks' families (docs/hosts-forks.md: files, commits, block counts, why these defaults)
@@ -156,12 +160,16 @@ ROWS: tuple[Family, ...] = (
            block_classes=(("backend.nn.lumina2", "JointTransformerBlock"), ("backend.nn.lumina", "JointTransformerBlock")),
            attention="attention_function", layout=FUNCTION, window=_DIT_WINDOW),
     # Wan 2.1 / 2.2 (text to image): ersatzForge backend/nn/wan.py WanModel. Self- and cross-attention of a
-    # WanAttentionBlock both call `optimized_attention` (flat): only self_attn's calls are perturbed.
+    # WanAttentionBlock both call `optimized_attention` (flat): only self_attn's calls are perturbed. Forge Neo's
+    # wan.py (ComfyUI v0.3.64) has no `optimized_attention`: WanSelfAttention calls the module's `attention(*args,
+    # **kwargs)` wrapper ("for Radial Attention", = attention_function) flat with heads= and transformer_options=,
+    # the cross-attentions call attention_function itself.
     Family("wan", {"block.7-9": "block.7-9", "all": "all"}, label="Wan", flags=("is_wan",),
            models=(("backend.nn.wan", "WanModel"),),
            blocks={"block": "blocks"},
            block_classes=(("backend.nn.wan", "WanAttentionBlock"),),
-           attention="optimized_attention", layout=FUNCTION, within="self_attn", window=_DIT_WINDOW),
+           attention="optimized_attention", layout=FUNCTION, fork_attentions=(("attention", FUNCTION),),
+           within="self_attn", window=_DIT_WINDOW),
     # Qwen-Image: Forge Neo backend/nn/qwen.py; one joint (txt first) flat attention_function call per block.
     Family("qwen_image", {"transformer.7-9": "transformer.7-9", "all": "all"}, label="Qwen-Image",
            models=(("backend.nn.qwen", "QwenImageTransformer2DModel"),),
@@ -202,9 +210,13 @@ def by_model(diffusion_model: object) -> Family | None:
     return None
 
 
-def by_block(block: object) -> Family | None:
-    """The DiT family whose block class this is, or None."""
+def by_block(block: object, model_family: Family | None = None) -> Family | None:
+    """The DiT family whose block class this is, or None: `model_family` (the family of the model the block is
+    in) when its row lists the class -- one block class can serve two families (Forge Neo's Chroma is built of
+    nn/flux.py's blocks) -- else the first row that lists it."""
     key = _key(block)
+    if model_family is not None and key in model_family.block_classes:
+        return model_family
     return next((row for row in ROWS if key in row.block_classes), None)
 
 

@@ -29,7 +29,9 @@ import math
 import os
 import sys
 import types
+from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Callable, Mapping
 
 import torch
 
@@ -51,7 +53,11 @@ def placeholder_shared() -> None:
                        use_dynamicPE=False)
     shared.state = SimpleNamespace(interrupted=False, skipped=False, sampling_step=0, sampling_steps=0)
     sys.modules["modules.shared"] = shared
-    import modules
+    try:
+        import modules
+    except ModuleNotFoundError:  # a tree of the host's backend/ alone (Forge Neo): no WebUI `modules` package
+        modules = sys.modules["modules"] = types.ModuleType("modules")
+        modules.__path__ = []
     modules.shared = shared
 
 
@@ -67,7 +73,7 @@ def init_weights(model: torch.nn.Module, seed: int) -> None:
                 param.fill_(1.0)
             else:
                 fan_in = max(1, param[0].numel())
-                strong = any(part in name for part in ("qkv", "q_proj", "k_proj", "linear1", ".q.", ".k."))
+                strong = any(part in name for part in ("qkv", "q_proj", "k_proj", "linear1", ".q.", ".k.", "to_q", "to_k"))
                 param.copy_(torch.randn(param.shape, generator=g) * (3.0 if strong else 1.0) / math.sqrt(fan_in))
 
 
@@ -157,9 +163,10 @@ IMAGE_TOKENS = 16  # the 8x8 latents of check_case in 2x2 patches
 EVERY_STEP = dict(start=0.0, end=0.99)  # start 0 with end 1 would mean the DiT default window 0.01-0.15
 
 
-def reference_global(layout: str, iterations: int, epsilon: float, image_only: bool = False):
+def reference_global(layout: str, iterations: int, epsilon: float, image_only: bool = False,
+                     image_tokens: int = IMAGE_TOKENS):
     """A float64 Sinkhorn with the signature and layout of the host's attention function; `image_only`: on a joint
-    call of TXT + IMAGE_TOKENS tokens (text first; counted from the inputs, not by the code under test), the
+    call of TXT + image_tokens tokens (text first; counted from the inputs, not by the code under test), the
     image-only scope."""
     from sinkhorn_reference import image_only_attention_reference, sinkhorn_attention_reference
 
@@ -169,16 +176,16 @@ def reference_global(layout: str, iterations: int, epsilon: float, image_only: b
             q, k, v = (t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1) for t in (q, k, v))
         else:  # mmditx hands v over as (B, N, heads, d)
             k, v = (t.reshape(q.shape[0], -1, q.shape[-1]) for t in (k, v))
-        if image_only and q.shape[1] != IMAGE_TOKENS:
-            assert q.shape[1] == TXT + IMAGE_TOKENS, q.shape
+        if image_only and q.shape[1] != image_tokens:
+            assert q.shape[1] == TXT + image_tokens, q.shape
             return image_only_attention_reference(q, k, v, heads, TXT, iterations, epsilon).to(q.dtype)
         return sinkhorn_attention_reference(q, k, v, heads, iterations, epsilon).to(q.dtype)
 
     return attention
 
 
-def reference(api, family, shared, params, targets, x, sigma, uncond, cond, cond_scale):
-    module_name, global_name, layout = SWAPS[family]
+def reference(api, host, family, shared, params, targets, x, sigma, uncond, cond, cond_scale):
+    module_name, global_name, layout = host.swaps[family]
     module = sys.modules[module_name]
     options = {k: v for k, v in shared.model_options.items()}
     with torch.no_grad():
@@ -186,9 +193,10 @@ def reference(api, family, shared, params, targets, x, sigma, uncond, cond, cond
                                                        sigma, options)
         flag: list[int] = []
         from lib_asag.perturb import families
-        image_only = params.scope == "image" and families.FAMILIES[family].has_scope
+        image_only = params.scope == "image" and families.FAMILIES[host.family(family)].has_scope
         original = getattr(module, global_name)
-        perturbed = reference_global(layout, params.iterations, params.epsilon, image_only)
+        perturbed = reference_global(layout, params.iterations, params.epsilon, image_only,
+                                     host.image_tokens.get(family, IMAGE_TOKENS))
         setattr(module, global_name, lambda *a, **k: (perturbed if flag else original)(*a, **k))
         for target in targets:
             def forward(*a, _target=target, **k):
@@ -208,6 +216,32 @@ def reference(api, family, shared, params, targets, x, sigma, uncond, cond, cond
     return guided + params.scale * (d_c - d_asag), guided
 
 
+@dataclass(frozen=True)
+class Host:
+    """What the real-class check needs to know of one fork, read from its source: how each case's model is built
+    (`build(family, seed)` -> (model, predictor, latent channels, context width)), the module global its chosen
+    modules call (`swaps`: family -> (module, name, layout)), what its engine's conditioning compiles to
+    (`make_cond`), which latents have a frame axis, which flags its engine sets on the loaded model, which models
+    are built at full width (looser float32 tolerance), how many image tokens a joint call has and the lib_asag
+    family a case's model belongs to (`family_of`, where a case is a variant of a family: Neo's Klein is Flux)."""
+    name: str
+    build: Callable
+    swaps: Mapping[str, tuple[str, str, str]]
+    make_cond: Callable
+    frames: tuple[str, ...] = ()
+    flags: Mapping[str, Mapping[str, bool]] = field(default_factory=dict)
+    full_width: tuple[str, ...] = ()
+    image_tokens: Mapping[str, int] = field(default_factory=dict)
+    family_of: Mapping[str, str] = field(default_factory=dict)
+    config: object = None  # KModel's config (Neo's memory_required reads config.memory_usage_factor)
+
+    def family(self, case: str) -> str:
+        return self.family_of.get(case, case)
+
+    def latent(self, case: str, channels: int) -> tuple[int, ...]:
+        return (B, channels, 1, 8, 8) if case in self.frames else (B, channels, 8, 8)
+
+
 class ModeLines(logging.Handler):
     """The adapter's "ASAG: perturbed pass ..." line: batched into the host's call or separate, and why."""
 
@@ -220,16 +254,19 @@ class ModeLines(logging.Handler):
             self.lines.append(record.getMessage())
 
 
-def check_case(api, family, spec, targets, cond_scale, n_conds, seed, mode="batched", scope="image"):
+def check_case(api, host, family, spec, targets, cond_scale, n_conds, seed, mode="batched", scope="image"):
+    """One case (`family` is the host's case name: a lib_asag family or a variant of one) through the real KModel /
+    UnetPatcher / sampling_function_inner with ASAG's adapter, against the float64 reference."""
     from lib_asag.hosts.forge import Adapter
     from lib_asag.params import ASAGParams
-    diffusion_model, predictor, channels, width = build(family, seed)
-    model = api.KModel(model=diffusion_model, diffusers_scheduler=None, k_predictor=predictor, config=None)
+    diffusion_model, predictor, channels, width = host.build(family, seed)
+    model = api.KModel(model=diffusion_model, diffusers_scheduler=None, k_predictor=predictor, config=host.config)
     shared = api.UnetPatcher(model.eval(), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
     before = copy.deepcopy({k: v for k, v in shared.model_options.items()})
-    module_name, global_name, _ = SWAPS[family]
+    module_name, global_name, _ = host.swaps[family]
     original = getattr(sys.modules[module_name], global_name)
-    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=shared), is_sd3=family == "sd3")
+    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=shared), is_sd3=family == "sd3",
+                               **host.flags.get(family, {}))
     p = SimpleNamespace(sd_model=sd_model, sampler=SimpleNamespace(model_wrap_cfg=SimpleNamespace(step=0, total_steps=8)),
                         extra_generation_params={}, is_hr_pass=False, comment=lambda text: None)
     params = ASAGParams(enabled=True, scale=2.0, layers=spec, iterations=3, epsilon=0.8, scope=scope, **EVERY_STEP)
@@ -244,11 +281,11 @@ def check_case(api, family, spec, targets, cond_scale, n_conds, seed, mode="batc
     assert clone is not shared and clone.model is shared.model
 
     g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(B, channels, 8, 8, generator=g)
+    x = torch.randn(host.latent(family, channels), generator=g)
     sigma = torch.full((B,), SIGMA)
-    uncond = [make_cond(api.condition, family, torch.randn(B, TXT, width, generator=g), g)]
+    uncond = [host.make_cond(api.condition, family, torch.randn(B, TXT, width, generator=g), g)]
     weights = [0.7, 0.3][:n_conds] if n_conds > 1 else [None]
-    cond = [make_cond(api.condition, family, torch.randn(B, TXT, width, generator=g), g, w) for w in weights]
+    cond = [host.make_cond(api.condition, family, torch.randn(B, TXT, width, generator=g), g, w) for w in weights]
     handler = ModeLines()
     logging.getLogger("asag").addHandler(handler)
     logging.getLogger("asag").setLevel(logging.INFO)
@@ -265,9 +302,9 @@ def check_case(api, family, spec, targets, cond_scale, n_conds, seed, mode="batc
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in diffusion_model.modules()), "hooks left"
 
     modules = dict(diffusion_model.named_modules())
-    expected, plain = reference(api, family, shared, params, [modules[t] for t in targets], x, sigma, uncond, cond,
-                                cond_scale)
-    tol = (2e-4 if family in FULL_WIDTH else 2e-5) * float(expected.abs().max())  # float32 vs float64
+    expected, plain = reference(api, host, family, shared, params, [modules[t] for t in targets], x, sigma, uncond,
+                                cond, cond_scale)
+    tol = (2e-4 if family in host.full_width else 2e-5) * float(expected.abs().max())  # float32 vs float64
     term = float((expected - plain).abs().max())
     error = float((got - expected.float()).abs().max())
     assert term > 100 * tol, (family, term, tol)
@@ -292,7 +329,7 @@ def check_block_cache(api, webui: str) -> dict:
     spec = importlib.util.spec_from_file_location("blockcache", path)
     blockcache = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(blockcache)
-    diffusion_model, predictor, channels, width = build("anima", 7)
+    diffusion_model, predictor, channels, width = ERSATZ.build("anima", 7)
     model = api.KModel(model=diffusion_model, diffusers_scheduler=None, k_predictor=predictor, config=None)
     shared = api.UnetPatcher(model.eval(), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
     sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=shared), is_sd3=False, is_flux=False,
@@ -317,8 +354,8 @@ def check_block_cache(api, webui: str) -> dict:
         clone = sd_model.forge_objects.unet
         g = torch.Generator().manual_seed(8)
         x = torch.randn(B, channels, 8, 8, generator=g)
-        uncond = [make_cond(api.condition, "anima", torch.randn(B, TXT, width, generator=g), g)]
-        cond = [make_cond(api.condition, "anima", torch.randn(B, TXT, width, generator=g), g)]
+        uncond = [ERSATZ.make_cond(api.condition, "anima", torch.randn(B, TXT, width, generator=g), g)]
+        cond = [ERSATZ.make_cond(api.condition, "anima", torch.randn(B, TXT, width, generator=g), g)]
         per_step = []
         for step, sigma in enumerate((0.9, 0.6, 0.3)):
             p.sampler.model_wrap_cfg.step = step
@@ -344,7 +381,8 @@ def check_block_cache(api, webui: str) -> dict:
             "mode": handler.lines[0]}
 
 
-FULL_WIDTH = ("flux", "chroma")  # about 1.3 / 2.4 GB each in float32
+ERSATZ = Host("ersatzForge", build, SWAPS, make_cond,
+              full_width=("flux", "chroma"))  # about 1.3 / 2.4 GB each in float32
 CASES = [("anima", "block.1", ["blocks.1.self_attn"], 4.0, 1),
          ("anima", "block.0-1", ["blocks.0.self_attn", "blocks.1.self_attn"], 1.0, 2),
          ("flux2", "double.0, single.1", ["double_blocks.0", "single_blocks.1"], 1.0, 1),
@@ -355,28 +393,47 @@ CASES = [("anima", "block.1", ["blocks.1.self_attn"], 4.0, 1),
          ("flux", "single.0", ["single_blocks.0"], 1.0, 1)]
 
 
-def main(webui: str, repo: str, families: list[str]) -> None:
-    sys.argv = [sys.argv[0], "--always-cpu"]  # backend.args parses the command line at import
-    sys.path[:0] = [webui, os.path.join(webui, "packages"), repo, os.path.join(repo, "tests")]
+def host_api(webui: str, repo: str, argv: list[str], paths: list[str],
+             webui_modules: Mapping[str, dict] | None = None) -> SimpleNamespace:
+    """Import the host's real KModel, UnetPatcher, condition and sampling_function from `webui` (with `argv` for
+    its backend.args and `paths` first on sys.path), or exit MISSING_DEPENDENCY naming what is missing.
+    `webui_modules`: placeholders of other WebUI modules the host's backend/ imports (name -> attributes)."""
+    sys.argv = [sys.argv[0], *argv]  # backend.args parses the command line at import
+    sys.path[:0] = [webui, *paths, repo, os.path.join(repo, "tests")]
     os.chdir(webui)
     try:
         placeholder_shared()
+        for name, attributes in (webui_modules or {}).items():
+            module = sys.modules[f"modules.{name}"] = types.ModuleType(f"modules.{name}")
+            module.__dict__.update(attributes)
+            setattr(sys.modules["modules"], name, module)
         from backend.modules.k_model import KModel
         from backend.patcher.unet import UnetPatcher
         from backend.sampling import condition, sampling_function
     except ModuleNotFoundError as e:
         print(json.dumps({"missing": e.name}))
         sys.exit(MISSING_DEPENDENCY)
-    api = SimpleNamespace(KModel=KModel, UnetPatcher=UnetPatcher, condition=condition, sampling=sampling_function)
     from lib_asag import hosts
     assert hosts.detect_host() == "forge_backend", hosts.detect_host()
-    results = [check_case(api, *case, seed=i, mode=mode, scope=scope) for scope in ("image", "joint")
-               for i, case in enumerate(CASES) if case[0] in families
-               for mode in ("batched", "separate")]
-    block_cache = check_block_cache(api, webui) if "anima" in families else None
     host_file = sys.modules["backend.sampling.sampling_function"].__file__
     assert host_file.startswith(os.path.abspath(webui)), host_file
-    print(json.dumps({"host": "ersatzForge", "host_file": host_file, "cases": results, "block_cache": block_cache,
+    return SimpleNamespace(KModel=KModel, UnetPatcher=UnetPatcher, condition=condition, sampling=sampling_function,
+                           host_file=host_file)
+
+
+def check_cases(api, host: Host, cases: list, families: list[str]) -> list[dict]:
+    """Every case of `families`, both scopes, batched and separate."""
+    return [check_case(api, host, *case, seed=i, mode=mode, scope=scope) for scope in ("image", "joint")
+            for i, case in enumerate(cases) if case[0] in families
+            for mode in ("batched", "separate")]
+
+
+def main(webui: str, repo: str, families: list[str]) -> None:
+    api = host_api(webui, repo, ["--always-cpu"], [os.path.join(webui, "packages")])
+    from lib_asag import hosts
+    results = check_cases(api, ERSATZ, CASES, families)
+    block_cache = check_block_cache(api, webui) if "anima" in families else None
+    print(json.dumps({"host": ERSATZ.name, "host_file": api.host_file, "cases": results, "block_cache": block_cache,
                       "startup": hosts.startup_line()}))
 
 

@@ -4,10 +4,13 @@ with the real names and signatures:
 - module-level `attention(q, k, v, pe, mask=None, transformer_options={})`: `apply_rope` (if `pe` is not None),
   then this module's global `attention_function(q, k, v, heads, skip_reshape=True, mask=mask,
   transformer_options=transformer_options)` on (B, heads, N, d);
-- `QKNorm.forward(q, k, v)`; `DoubleStreamBlock.forward(img, txt, vec, pe, attn_mask=None,
+- `QKNorm.forward(q, k, v)`; `DoubleStreamBlock(hidden_size, num_heads, mlp_ratio, qkv_bias=False,
+  flipped_img_txt=False, modulation=True, ...)`, `.forward(img, txt, vec, pe, attn_mask=None,
   modulation_dims_img=None, modulation_dims_txt=None, transformer_options={})` (txt first unless
-  `flipped_img_txt`); `SingleStreamBlock.forward(x, vec, pe, attn_mask=None, modulation_dims=None,
-  transformer_options={})`;
+  `flipped_img_txt`); `SingleStreamBlock(hidden_size, num_heads, mlp_ratio=4.0, qk_scale=None, modulation=True,
+  ...)`, `.forward(x, vec, pe, attn_mask=None, modulation_dims=None, transformer_options={})`; with
+  `modulation=False` (Neo's Chroma builds these very classes, backend/nn/chroma.py) `vec` carries the block's
+  modulations instead of the vector they are computed from;
 - `forward_orig(img, img_ids, txt, txt_ids, timesteps, y, guidance=None, control=None, transformer_options={},
   attn_mask=None)` sets `transformer_options["block_type"/"block_index"/"total_blocks"]` and honours
   ComfyUI-style `transformer_options["patches_replace"]["dit"][("double_block" | "single_block", i)]`;
@@ -86,7 +89,9 @@ class DoubleStreamBlock(nn.Module):
                  **kwargs):
         super().__init__()
         self.num_heads, self.hidden_size, self.flipped_img_txt = num_heads, hidden_size, flipped_img_txt
-        self.img_mod = nn.Linear(hidden_size, hidden_size)
+        self.modulation = modulation
+        if modulation:
+            self.img_mod = nn.Linear(hidden_size, hidden_size)
         self.img_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
         self.img_mlp = nn.Linear(hidden_size, hidden_size)
         self.txt_attn = SelfAttention(hidden_size, num_heads, qkv_bias)
@@ -94,9 +99,12 @@ class DoubleStreamBlock(nn.Module):
 
     def forward(self, img, txt, vec, pe, attn_mask=None, modulation_dims_img=None, modulation_dims_txt=None,
                 transformer_options={}):
-        img_q, img_k, img_v = heads_of(self.img_attn.qkv(img + self.img_mod(vec)[:, None]), self.num_heads)
+        # modulation=False (Chroma): `vec` holds this block's modulations (real: ((img_mod1, img_mod2), (txt_mod1,
+        # txt_mod2)) ModulationOut pairs; here one (B, 1, hidden) shift each for the image and the text stream)
+        img_shift, txt_shift = (self.img_mod(vec)[:, None], 0) if self.modulation else vec
+        img_q, img_k, img_v = heads_of(self.img_attn.qkv(img + img_shift), self.num_heads)
         img_q, img_k = self.img_attn.norm(img_q, img_k, img_v)
-        txt_q, txt_k, txt_v = heads_of(self.txt_attn.qkv(txt), self.num_heads)
+        txt_q, txt_k, txt_v = heads_of(self.txt_attn.qkv(txt + txt_shift), self.num_heads)
         txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
         q, k, v = (torch.cat(pair, dim=2) for pair in ((txt_q, img_q), (txt_k, img_k), (txt_v, img_v)))
         attn = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=transformer_options)
@@ -115,10 +123,11 @@ class SingleStreamBlock(nn.Module):
         self.linear1 = nn.Linear(hidden_size, hidden_size * 3)
         self.linear2 = nn.Linear(hidden_size, hidden_size)
         self.norm = QKNorm(hidden_size // num_heads)
-        self.modulation = nn.Linear(hidden_size, hidden_size)
+        self.modulation = nn.Linear(hidden_size, hidden_size) if modulation else None
 
     def forward(self, x, vec, pe, attn_mask=None, modulation_dims=None, transformer_options={}):
-        q, k, v = heads_of(self.linear1(x + self.modulation(vec)[:, None]), self.num_heads)
+        shift = self.modulation(vec)[:, None] if self.modulation else vec  # modulation=False: the block's own
+        q, k, v = heads_of(self.linear1(x + shift), self.num_heads)
         q, k = self.norm(q, k, v)
         attn = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=transformer_options)
         return x + self.linear2(attn)
