@@ -95,12 +95,20 @@ class NeutralOpts(SimpleNamespace):
         return 0
 
 
-def placeholder_webui_shared() -> bool:
+def placeholder_webui_shared(bare_backend: bool = False) -> bool:
     """reForge's ldm_patched imports the WebUI's `modules.shared` (for `opts` read at call time with getattr
     defaults on the path run here) and `modules.shared` imports gradio. Without gradio, register a placeholder
-    holding an empty `opts` and a `state`; the rest of `modules` is the checkout's. Returns whether needed."""
+    holding an empty `opts` and a `state`; the rest of `modules` is the checkout's. Returns whether needed.
+    `bare_backend`: a tree of a host's backend/ alone (Forge Neo: its backend/sampling/condition.py imports
+    `modules.shared`, backend/stream.py `modules.devices`) gets a placeholder `modules` package too."""
     import importlib.util
-    if importlib.util.find_spec("modules") is None:
+    if importlib.util.find_spec("modules") is None and bare_backend:
+        modules = sys.modules["modules"] = types.ModuleType("modules")
+        modules.__path__ = []
+        devices = sys.modules["modules.devices"] = types.ModuleType("modules.devices")
+        devices.device = torch.device("cpu")
+        modules.devices = devices
+    elif importlib.util.find_spec("modules") is None:
         return False  # Forge 33e381f1's ldm_patched does not import the WebUI
     try:
         import modules.shared  # noqa: F401
@@ -123,7 +131,7 @@ class LdmPatched:
 
     def __init__(self, checkout: str):
         self.torchvision_placeholder = placeholder_torchvision(checkout)
-        self.shared_placeholder = placeholder_webui_shared()
+        self.shared_placeholder = placeholder_webui_shared(bare_backend=os.path.isfile(os.path.join(nn, "lumina.py")))
         import ldm_patched.modules.args_parser as args_parser
         args_parser.args.always_cpu = True  # model_management asserts CUDA otherwise
         from ldm_patched.modules import conds, model_base, samplers, supported_models_base
@@ -167,10 +175,15 @@ class Backend:
     def __init__(self, checkout: str):
         sys.path.insert(0, os.path.join(checkout, "packages_3rdparty"))  # as modules_forge/initialization.py does
         sys.path.insert(0, os.path.join(checkout, "packages"))  # ersatzForge vendors its helpers there
-        if os.path.isfile(os.path.join(checkout, "backend", "nn", "cosmos_predict2.py")):
-            sys.argv[1:] = ["--always-cpu"]  # ersatzForge's backend.args parses the command line at import
+        nn = os.path.join(checkout, "backend", "nn")
+        # The forks' backend.args parse the command line at import: ersatzForge's flag is --always-cpu, Neo's --cpu.
+        if os.path.isfile(os.path.join(nn, "cosmos_predict2.py")):
+            sys.argv[1:] = ["--always-cpu"]
+        elif os.path.isfile(os.path.join(nn, "lumina.py")):
+            sys.argv[1:] = ["--cpu"]
+            sys.path.insert(0, os.path.join(checkout, "modules_forge", "packages"))
         # A full WebUI tree also has `modules/` (the adapter reads modules.shared.state): placeholder if needed.
-        self.shared_placeholder = placeholder_webui_shared()
+        self.shared_placeholder = placeholder_webui_shared(bare_backend=os.path.isfile(os.path.join(nn, "lumina.py")))
         shared = sys.modules.get("modules.shared")
         if shared is not None and getattr(shared, "opts", None) is None:  # a full WebUI tree, not started
             shared.opts = NeutralOpts()
@@ -194,11 +207,17 @@ class Backend:
         if diffusion_model is None:
             diffusion_model = self.Unet(**{k: layout[k] for k in keys})
             init_weights(diffusion_model, seed)
-        # backend/loader.py sets these on the model before wrapping it in KModel.
+        # backend/loader.py sets these on the model before wrapping it in KModel; Neo's KModel also reads the
+        # operations class that `using_forge_operations` records (backend/operations.py: "ForgeOperations" here).
+        from backend import args as backend_args
+        if getattr(backend_args, "dynamic_args", {}).get("ops", "") is None:
+            backend_args.dynamic_args["ops"] = "ForgeOperations"
         diffusion_model.to(dtype)
         diffusion_model.storage_dtype = diffusion_model.computation_dtype = dtype
         predictor = self.Prediction(prediction_type="epsilon")
-        model = self.KModel(model=diffusion_model, diffusers_scheduler=None, k_predictor=predictor, config=None)
+        # Neo's KModel.memory_required reads config.memory_usage_factor (backend/modules/k_model.py)
+        model = self.KModel(model=diffusion_model, diffusers_scheduler=None, k_predictor=predictor,
+                            config=SimpleNamespace(memory_usage_factor=1.0))
         return self.UnetPatcher(model.eval(), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
     def cond(self, tensor, strength=None):
@@ -405,6 +424,8 @@ def main(checkout: str, repo: str) -> None:
     if is_backend:
         if os.path.isfile(os.path.join(checkout, "backend", "nn", "cosmos_predict2.py")):
             dit = "ersatzForge: its own DiT classes are checked by forks_real_dit.py"
+        elif os.path.isfile(os.path.join(checkout, "backend", "nn", "lumina.py")):
+            dit = "Forge Neo: its own DiT classes are checked by neo_real_dit.py"
         else:
             import forge_real_dit
             dit = forge_real_dit.run(api, Adapter)
