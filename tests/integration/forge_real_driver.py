@@ -102,14 +102,14 @@ def placeholder_webui_shared(bare_backend: bool = False) -> bool:
     `bare_backend`: a tree of a host's backend/ alone (Forge Neo: its backend/sampling/condition.py imports
     `modules.shared`, backend/stream.py `modules.devices`) gets a placeholder `modules` package too."""
     import importlib.util
-    if importlib.util.find_spec("modules") is None and bare_backend:
+    if importlib.util.find_spec("modules") is None:
+        if not bare_backend:
+            return False  # Forge 33e381f1's ldm_patched does not import the WebUI
         modules = sys.modules["modules"] = types.ModuleType("modules")
         modules.__path__ = []
         devices = sys.modules["modules.devices"] = types.ModuleType("modules.devices")
         devices.device = torch.device("cpu")
         modules.devices = devices
-    elif importlib.util.find_spec("modules") is None:
-        return False  # Forge 33e381f1's ldm_patched does not import the WebUI
     try:
         import modules.shared  # noqa: F401
         return False
@@ -131,7 +131,7 @@ class LdmPatched:
 
     def __init__(self, checkout: str):
         self.torchvision_placeholder = placeholder_torchvision(checkout)
-        self.shared_placeholder = placeholder_webui_shared(bare_backend=os.path.isfile(os.path.join(nn, "lumina.py")))
+        self.shared_placeholder = placeholder_webui_shared()
         import ldm_patched.modules.args_parser as args_parser
         args_parser.args.always_cpu = True  # model_management asserts CUDA otherwise
         from ldm_patched.modules import conds, model_base, samplers, supported_models_base
@@ -175,15 +175,16 @@ class Backend:
     def __init__(self, checkout: str):
         sys.path.insert(0, os.path.join(checkout, "packages_3rdparty"))  # as modules_forge/initialization.py does
         sys.path.insert(0, os.path.join(checkout, "packages"))  # ersatzForge vendors its helpers there
-        nn = os.path.join(checkout, "backend", "nn")
+        from lib_asag.hosts import forks
+        self.fork = forks.fork(checkout)  # "Forge", "ersatzForge", "Forge Neo" (None: unknown, run as Forge)
         # The forks' backend.args parse the command line at import: ersatzForge's flag is --always-cpu, Neo's --cpu.
-        if os.path.isfile(os.path.join(nn, "cosmos_predict2.py")):
+        if self.fork == "ersatzForge":
             sys.argv[1:] = ["--always-cpu"]
-        elif os.path.isfile(os.path.join(nn, "lumina.py")):
+        elif self.fork == "Forge Neo":
             sys.argv[1:] = ["--cpu"]
             sys.path.insert(0, os.path.join(checkout, "modules_forge", "packages"))
         # A full WebUI tree also has `modules/` (the adapter reads modules.shared.state): placeholder if needed.
-        self.shared_placeholder = placeholder_webui_shared(bare_backend=os.path.isfile(os.path.join(nn, "lumina.py")))
+        self.shared_placeholder = placeholder_webui_shared(bare_backend=self.fork == "Forge Neo")
         shared = sys.modules.get("modules.shared")
         if shared is not None and getattr(shared, "opts", None) is None:  # a full WebUI tree, not started
             shared.opts = NeutralOpts()
@@ -191,6 +192,10 @@ class Backend:
             shared.loaded_hypernetworks = []
         from backend import args as backend_args
         backend_args.args.always_cpu = True  # memory_management asserts CUDA otherwise
+        if getattr(backend_args, "dynamic_args", {}).get("ops", "") is None:
+            # Neo's KModel reads the operations class that `using_forge_operations` records (backend/operations.py;
+            # the UNets here are built with torch's own layers, i.e. what it calls "ForgeOperations")
+            backend_args.dynamic_args["ops"] = "ForgeOperations"
         from backend.modules.k_prediction import Prediction
         self.Prediction = Prediction
         from backend.modules.k_model import KModel
@@ -207,11 +212,7 @@ class Backend:
         if diffusion_model is None:
             diffusion_model = self.Unet(**{k: layout[k] for k in keys})
             init_weights(diffusion_model, seed)
-        # backend/loader.py sets these on the model before wrapping it in KModel; Neo's KModel also reads the
-        # operations class that `using_forge_operations` records (backend/operations.py: "ForgeOperations" here).
-        from backend import args as backend_args
-        if getattr(backend_args, "dynamic_args", {}).get("ops", "") is None:
-            backend_args.dynamic_args["ops"] = "ForgeOperations"
+        # backend/loader.py sets these on the model before wrapping it in KModel.
         diffusion_model.to(dtype)
         diffusion_model.storage_dtype = diffusion_model.computation_dtype = dtype
         predictor = self.Prediction(prediction_type="epsilon")
@@ -422,9 +423,9 @@ def main(checkout: str, repo: str) -> None:
     assert source.startswith(os.path.abspath(repo)), source
     dit = None
     if is_backend:
-        if os.path.isfile(os.path.join(checkout, "backend", "nn", "cosmos_predict2.py")):
+        if api.fork == "ersatzForge":
             dit = "ersatzForge: its own DiT classes are checked by forks_real_dit.py"
-        elif os.path.isfile(os.path.join(checkout, "backend", "nn", "lumina.py")):
+        elif api.fork == "Forge Neo":
             dit = "Forge Neo: its own DiT classes are checked by neo_real_dit.py"
         else:
             import forge_real_dit
