@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from .perturb.families import BLOCK_ATTRIBUTES, PRESETS, ROWS as FAMILY_ROWS
+from .perturb.families import BLOCK_ATTRIBUTES, PRESETS, ROWS as FAMILY_ROWS, by_model
 
 UNET_BLOCKS = ("input", "middle", "output")
 DIT_BLOCKS = tuple(BLOCK_ATTRIBUTES)  # "joint", "double", "single", ... from the family table
@@ -302,16 +302,21 @@ def preset_spec(family: str, name_or_spec: str) -> str:
     return presets.get(key, key)
 
 
-def model_family(sd_model: object, available: Iterable[LayerRef] = ()) -> str:
-    """'sdxl' | 'sd2' | 'sd1' | 'sd3' | 'flux' | 'chroma' | ... from the flags the hosts set on the loaded
-    model (A1111 modules/sd_models.py load_model, Forge forge_loader.py / backend/diffusion_engine; the flags
-    are the family table's, a later row winning), else from the layout: the first DiT row whose block
-    prefixes the model has (joint = MMDiT, double/single = Flux), and only SDXL has several transformer
-    blocks in the middle block."""
+def model_family(sd_model: object, available: Iterable[LayerRef] = (), diffusion_model: object = None) -> str:
+    """'sdxl' | 'sd2' | 'sd1' | 'sd3' | 'flux' | 'chroma' | ... A diffusion transformer whose class the family
+    table lists (`diffusion_model` given) by its class first: the host's flags can mislead (Forge Neo's Anima,
+    Qwen-Image and Wan engines all set `is_wan`, backend/diffusion_engine/anima.py, qwen.py, wan.py). Else from
+    the flags the hosts set on the loaded model (A1111 modules/sd_models.py load_model, Forge forge_loader.py /
+    backend/diffusion_engine; the flags are the family table's, a later row winning), else from the layout: the
+    first DiT row whose block prefixes the model has (joint = MMDiT, double/single = Flux), and only SDXL has
+    several transformer blocks in the middle block."""
+    available = list(available)
+    row = by_model(diffusion_model) if diffusion_model is not None and any(r.is_dit for r in available) else None
+    if row is not None:
+        return row.name
     for row in reversed(FAMILY_ROWS):
         if any(getattr(sd_model, flag, False) for flag in row.flags):
             return row.name
-    available = list(available)
     blocks = {ref.block for ref in available}
     for row in FAMILY_ROWS:
         if blocks & set(row.blocks):

@@ -44,16 +44,11 @@ def _diffusion_model(sd_model: Any) -> Any | None:
 
 
 def loaded_family(sd_model: Any) -> str | None:
-    """The preset family of the loaded model (as the adapters resolve it: a diffusion transformer by its class,
-    families.by_model, as the Forge adapter does -- Forge Neo's Anima and Qwen-Image engines set `is_wan` on the
-    model, backend/diffusion_engine/anima.py, qwen.py -- anything else by the host's flags and layout), None when
-    no model is loaded."""
+    """The preset family of the loaded model (as the adapters resolve it, layers.model_family), None when no model
+    is loaded."""
     model = _diffusion_model(sd_model)
     available = layers.find_self_attention(model) if model is not None else {}
-    if not available:
-        return None
-    row = families.by_model(model) if any(ref.is_dit for ref in available) else None
-    return row.name if row is not None else layers.model_family(sd_model, available)
+    return layers.model_family(sd_model, available, model) if available else None
 
 
 def _family_now(loaded_model: Callable[[], Any]) -> str | None:

@@ -502,7 +502,7 @@ class Adapter(AdapterBase):
         if refusal:
             return [refusal]
         family = families.by_model(diffusion_model) if is_dit else None
-        family_name = family.name if family is not None else layers.model_family(sd_model, available)
+        family_name = layers.model_family(sd_model, available, diffusion_model)
         params = self.for_model(p, params, family_name)
         try:
             refs = asag_params.resolve_and_note(p, params, family_name, available)
